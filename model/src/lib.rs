@@ -1,0 +1,25 @@
+//! Hugging Face-compatible decoder-only transformers (Qwen3, Llama 3.x) on Burn: configs,
+//! safetensors checkpoints, tokenizers and chat templates, forward passes with a KV cache,
+//! and batched generation.
+
+pub mod backend;
+pub mod chat_template;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod layers;
+pub mod model;
+pub mod params;
+pub mod rope;
+pub mod safetensors_io;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use config::{Architecture, HeadKind, ModelConfig};
+pub use error::{Error, Result};
+pub use generate::{Completion, FinishReason, GenerationParams, generate, generate_seeded};
+pub use model::{KvCache, Model, TokenBatch};
+pub use safetensors_io::StoredDtype;
+pub use sampling::SamplingParams;
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,296 @@
+//! Choosing the next token from one row of logits: greedy, or sampled after temperature,
+//! top-k and top-p (in that order, as transformers' and vLLM's samplers apply them).
+//!
+//! Every choice also reports two log-probabilities of the chosen token: under the raw model
+//! (`log_softmax(logits)`, the behaviour log-prob the learner needs) and under the
+//! distribution actually sampled from (after temperature and truncation).
+
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+use crate::params::uniform_open;
+
+/// How to pick tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// Always take the most likely token (also when `temperature` is 0).
+    pub greedy: bool,
+    pub temperature: f32,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Keep the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            greedy: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams {
+            greedy: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.greedy || self.temperature == 0.0
+    }
+
+    /// Rejects values no sampler accepts, naming the parameter.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One chosen token with its log-probabilities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Choice {
+    pub token: u32,
+    /// `log p(token)` under the raw model distribution.
+    pub logprob: f32,
+    /// `log q(token)` under the distribution sampled from (0 for greedy).
+    pub sampling_logprob: f32,
+}
+
+/// Picks a token from `logits` (one row, the whole vocabulary).
+pub fn choose(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> Choice {
+    let log_z = log_sum_exp(logits.iter().copied());
+    if params.is_greedy() {
+        let token = argmax(logits);
+        return Choice {
+            token: token as u32,
+            logprob: (logits[token] as f64 - log_z) as f32,
+            sampling_logprob: 0.0,
+        };
+    }
+
+    let inv_t = 1.0 / params.temperature as f64;
+    // Candidates as (token, scaled logit), most likely first once truncated.
+    let mut candidates: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l as f64 * inv_t))
+        .collect();
+    if params.top_k > 0 && params.top_k < candidates.len() {
+        keep_top_k(&mut candidates, params.top_k);
+    }
+    let mut probs = softmax(&candidates);
+    if params.top_p < 1.0 {
+        keep_top_p(&mut candidates, &mut probs, params.top_p as f64);
+    }
+
+    let u = uniform_open(rng);
+    let mut cumulative = 0.0;
+    let mut picked = candidates.len() - 1;
+    for (i, p) in probs.iter().enumerate() {
+        cumulative += p;
+        if u < cumulative {
+            picked = i;
+            break;
+        }
+    }
+    let token = candidates[picked].0;
+    Choice {
+        token,
+        logprob: (logits[token as usize] as f64 - log_z) as f32,
+        sampling_logprob: probs[picked].ln() as f32,
+    }
+}
+
+/// The index of the largest value (the first one on ties, as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `log Σ exp(x)`, computed stably in f64.
+pub fn log_sum_exp(values: impl Iterator<Item = f32> + Clone) -> f64 {
+    let max = values.clone().fold(f32::NEG_INFINITY, f32::max) as f64;
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + values.map(|v| (v as f64 - max).exp()).sum::<f64>().ln()
+}
+
+/// Keeps every candidate whose logit is at least the k-th largest (ties kept, as
+/// transformers' `TopKLogitsWarper`).
+fn keep_top_k(candidates: &mut Vec<(u32, f64)>, k: usize) {
+    let mut logits: Vec<f64> = candidates.iter().map(|c| c.1).collect();
+    let (_, kth, _) = logits.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let threshold = *kth;
+    candidates.retain(|c| c.1 >= threshold);
+}
+
+fn softmax(candidates: &[(u32, f64)]) -> Vec<f64> {
+    let max = candidates
+        .iter()
+        .map(|c| c.1)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = candidates.iter().map(|c| (c.1 - max).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+/// Keeps the most likely candidates until their mass reaches `top_p` (the token that crosses
+/// it included), sorted most likely first, and renormalises.
+fn keep_top_p(candidates: &mut Vec<(u32, f64)>, probs: &mut Vec<f64>, top_p: f64) {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    // Sort only as many as needed: the top `m`, doubling until they hold `top_p` of the mass.
+    let mut m = 64.min(order.len());
+    loop {
+        if m < order.len() {
+            order.select_nth_unstable_by(m - 1, |&a, &b| probs[b].total_cmp(&probs[a]));
+        }
+        order[..m].sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let mut mass = 0.0;
+        let kept = order[..m].iter().position(|&i| {
+            mass += probs[i];
+            mass >= top_p
+        });
+        if let Some(last) = kept {
+            order.truncate(last + 1);
+            break;
+        }
+        if m == order.len() {
+            break; // rounding: the whole set is kept
+        }
+        m = (m * 2).min(order.len());
+    }
+    let total: f64 = order.iter().map(|&i| probs[i]).sum();
+    *candidates = order.iter().map(|&i| candidates[i]).collect();
+    *probs = order.iter().map(|&i| probs[i] / total).collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    fn rng() -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum_and_reports_the_raw_logprob() {
+        let logits = [1.0, 3.0, 3.0, -2.0];
+        let choice = choose(&logits, &SamplingParams::greedy(), &mut rng());
+        assert_eq!(choice.token, 1);
+        let z: f64 = logits.iter().map(|l| (*l as f64).exp()).sum();
+        assert!((choice.logprob as f64 - (3.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(choice.sampling_logprob, 0.0);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_with_certainty() {
+        let logits = [0.5, 2.0, 1.0];
+        let params = SamplingParams {
+            top_k: 1,
+            ..SamplingParams::default()
+        };
+        for _ in 0..20 {
+            let c = choose(&logits, &params, &mut rng());
+            assert_eq!(c.token, 1);
+            assert_eq!(c.sampling_logprob, 0.0);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        // probabilities 0.5, 0.3, 0.2 (logits are their logs)
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let params = SamplingParams {
+            top_p: 0.7,
+            seed: 1,
+            ..SamplingParams::default()
+        };
+        let mut r = rng();
+        let mut seen = [0usize; 3];
+        for _ in 0..2000 {
+            let c = choose(&logits, &params, &mut r);
+            seen[c.token as usize] += 1;
+            // renormalised over {0, 1}: 0.5 / 0.8 and 0.3 / 0.8
+            let expected = if c.token == 0 { 0.625f64 } else { 0.375 };
+            assert!((c.sampling_logprob as f64 - expected.ln()).abs() < 1e-6);
+        }
+        assert_eq!(seen[2], 0, "token 2 lies outside the top-p set");
+        let frac = seen[0] as f64 / 2000.0;
+        assert!((frac - 0.625).abs() < 0.05, "{frac}");
+    }
+
+    #[test]
+    fn temperature_sharpens_and_the_sampling_logprob_follows_it() {
+        let logits = [0.0f32, 1.0];
+        let params = SamplingParams {
+            temperature: 0.5,
+            ..SamplingParams::default()
+        };
+        let c = choose(&logits, &params, &mut rng());
+        let scaled = [0.0f64, 2.0];
+        let z = scaled.iter().map(|s| s.exp()).sum::<f64>().ln();
+        let expected = scaled[c.token as usize] - z;
+        assert!((c.sampling_logprob as f64 - expected).abs() < 1e-6);
+        let raw_z = (1.0f64 + 1f64.exp()).ln();
+        assert!((c.logprob as f64 - (logits[c.token as usize] as f64 - raw_z)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_tokens() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let params = SamplingParams::default();
+        let draw = || {
+            let mut r = rng();
+            (0..30)
+                .map(|_| choose(&logits, &params, &mut r).token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(), draw());
+    }
+
+    #[test]
+    fn invalid_parameters_are_named() {
+        let bad_p = SamplingParams {
+            top_p: 0.0,
+            ..SamplingParams::default()
+        };
+        assert!(bad_p.validate().unwrap_err().to_string().contains("top_p"));
+        let bad_t = SamplingParams {
+            temperature: -1.0,
+            ..SamplingParams::default()
+        };
+        assert!(
+            bad_t
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("temperature")
+        );
+    }
+}
