@@ -10,22 +10,22 @@ use crate::tokenizer::TokenizerError;
 /// Everything that can go wrong while loading, saving or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
-    #[error("failed to write {path}: {source}")]
+    #[error("failed to write {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
-    #[error("invalid JSON in {path}: {source}")]
+    #[error("invalid JSON in {path}: {error}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     #[error("invalid model config {path}: {message}")]
@@ -72,17 +72,17 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn read(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn read(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Read {
             path: path.into(),
-            source,
+            error,
         }
     }
 
-    pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn write(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Write {
             path: path.into(),
-            source,
+            error,
         }
     }
 

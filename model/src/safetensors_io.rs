@@ -169,9 +169,9 @@ impl WeightFiles {
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index_path).map_err(|e| Error::read(index_path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let value: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: index_path.to_path_buf(),
-            source,
+            error,
         })?;
         let weight_map = value
             .get("weight_map")

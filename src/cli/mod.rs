@@ -1,0 +1,3 @@
+//! The `grlo` command line: one subcommand per role or tool.
+
+pub mod model;
