@@ -48,6 +48,6 @@ pub fn dispatch<W: OnBackend>(device: &DeviceArg, work: W) -> anyhow::Result<W::
 }
 
 #[cfg(feature = "cuda")]
-fn burn_backend_cuda_device(index: usize) -> <grlo_model::backend::Cuda as Backend>::Device {
+fn burn_backend_cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
     burn::backend::cuda::CudaDevice::new(index)
 }

@@ -25,6 +25,15 @@ enum Command {
     /// Run a checkpoint by hand: logits, generation, reward scores, conversion.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Measure throughput beside the PyTorch/transformers peer.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Prefill, decode and forward+backward tokens/s of the model core.
+    Model(cli::bench::BenchModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(command) => cli::model::run(command).and_then(print_line),
+        Command::Bench(BenchCommand::Model(args)) => cli::bench::run(args).and_then(print_line),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -151,15 +151,16 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// `x: [batch * seq, hidden]` → `[batch * seq, hidden]`.
     ///
-    /// With a cache, the new keys and values are appended to it and the queries attend to all
-    /// cached positions as well; the bias must cover `cached + seq` keys.
+    /// With a cache slot, the new keys and values are appended to what it holds (an empty slot
+    /// is filled) and the queries attend to all cached positions as well; the bias must cover
+    /// `cached + seq` keys.
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
         batch: usize,
         rope: &RopeTables<B>,
         bias: &AttentionBias<B>,
-        cache: Option<&mut LayerCache<B>>,
+        cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 2> {
         let [tokens, _] = x.dims();
         let seq = tokens / batch;
@@ -186,11 +187,18 @@ impl<B: Backend> Attention<B> {
         let v = v.swap_dims(1, 2); // [batch, kv, seq, hd]
 
         let (k, v) = match cache {
-            Some(cache) => {
-                let k = Tensor::cat(vec![cache.keys.clone(), k], 2); // [batch, kv, keys, hd]
-                let v = Tensor::cat(vec![cache.values.clone(), v], 2);
-                cache.keys = k.clone();
-                cache.values = v.clone();
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some(cached) => (
+                        Tensor::cat(vec![cached.keys, k], 2), // [batch, kv, keys, hd]
+                        Tensor::cat(vec![cached.values, v], 2),
+                    ),
+                    None => (k, v),
+                };
+                *slot = Some(LayerCache {
+                    keys: k.clone(),
+                    values: v.clone(),
+                });
                 (k, v)
             }
             None => (k, v),
@@ -232,7 +240,7 @@ impl<B: Backend> DecoderLayer<B> {
         batch: usize,
         rope: &RopeTables<B>,
         bias: &AttentionBias<B>,
-        cache: Option<&mut LayerCache<B>>,
+        cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 2> {
         let attended =
             self.attention

@@ -378,9 +378,7 @@ impl<B: Backend> Model<B> {
         match cache {
             Some(cache) => {
                 for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    let layer_cache =
-                        slot.get_or_insert_with(|| empty_cache(batch.batch, &self.config, &device));
-                    x = layer.forward(x, batch.batch, &rope, &bias, Some(layer_cache));
+                    x = layer.forward(x, batch.batch, &rope, &bias, Some(slot));
                 }
             }
             None => {
@@ -555,18 +553,6 @@ impl<B: Backend> Model<B> {
     /// Number of parameters.
     pub fn num_parameters(&self) -> usize {
         self.num_params()
-    }
-}
-
-fn empty_cache<B: Backend>(
-    batch: usize,
-    config: &ModelConfig,
-    device: &B::Device,
-) -> LayerCache<B> {
-    let shape = [batch, config.num_key_value_heads, 0, config.head_dim];
-    LayerCache {
-        keys: Tensor::zeros(shape, device),
-        values: Tensor::zeros(shape, device),
     }
 }
 

@@ -1,3 +1,4 @@
 //! The `grlo` command line: one subcommand per role or tool.
 
+pub mod bench;
 pub mod model;

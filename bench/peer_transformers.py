@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""The peer side of `grlo bench model`: the same workloads in HF transformers (PyTorch).
+
+Builds the model from the same config.json text with random weights, runs prefill, decode and
+forward+backward exactly as grlo's side does (same shapes, same step counts, greedy decode with a
+KV cache in a plain loop, logits only for the last prompt position at prefill), and prints one
+JSON object: {"workload name": tokens_per_second, ...}.
+
+Called by `grlo bench model`; it can also be run alone:
+    python3 bench/peer_transformers.py --config CONFIG.json --plan PLAN.json --threads 2
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import transformers
+
+
+def timed(fn, device, rounds):
+    """Median seconds of `rounds` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def random_ids(vocab, batch, seq, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+
+
+@torch.inference_mode()
+def prefill(model, ids):
+    return model(input_ids=ids, use_cache=True, logits_to_keep=1).logits
+
+
+@torch.inference_mode()
+def decode(model, ids, steps):
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    position = ids.shape[1]
+    for _ in range(steps):
+        positions = torch.full_like(token, position)
+        out = model(input_ids=token, past_key_values=cache, position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        position += 1
+    return token
+
+
+def forward_backward(model, ids):
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=ids).logits.float()
+    # next-token cross-entropy, mean over tokens (as grlo's side computes it)
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+    )
+    loss.backward()
+    return loss
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="config.json of the model")
+    parser.add_argument("--plan", required=True, help="JSON list of workloads")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(**json.load(open(args.config)))
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.to(device)
+    vocab = config.vocab_size
+
+    results = {}
+    for workload in json.load(open(args.plan)):
+        kind, batch, seq = workload["kind"], workload["batch"], workload["seq"]
+        ids = random_ids(vocab, batch, seq, 1, device)
+        if kind == "prefill":
+            seconds = timed(lambda: prefill(model, ids), device, args.rounds)
+            tokens = batch * seq
+        elif kind == "decode":
+            steps = workload["steps"]
+            model.eval()
+            total = timed(lambda: decode(model, ids, steps), device, args.rounds)
+            first = timed(lambda: prefill(model, ids), device, args.rounds)
+            seconds = max(total - first, 1e-9)
+            tokens = batch * steps
+        elif kind == "train":
+            model.train()
+            seconds = timed(lambda: forward_backward(model, ids), device, args.rounds)
+            model.eval()
+            tokens = batch * seq
+        else:
+            raise SystemExit(f"unknown workload kind {kind}")
+        results[workload["name"]] = tokens / seconds
+    print(json.dumps({"tokens_per_second": results, "torch": torch.__version__,
+                      "transformers": transformers.__version__, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+//! `grlo bench model`: throughput of the model core beside HF transformers on the same configs.
+//!
+//! Both sides run the same workloads on randomly initialised models of the same shape: prefill
+//! (a forward over the prompts, logits at the last position only, as generation needs), greedy
+//! decoding with a KV cache at several batch sizes, and a forward+backward pass of the
+//! next-token cross-entropy. The peer runs in a child process (`bench/peer_transformers.py`)
+//! with the same thread count; the table prints tokens/s of each side and their ratio.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::backend::Autodiff;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::Args;
+use grlo_model::model::to_f32_vec;
+use grlo_model::{GenerationParams, Model, ModelConfig, SamplingParams, TokenBatch};
+use serde::Serialize;
+
+use crate::device::{DeviceArg, OnBackend, dispatch};
+
+/// A Qwen3-shaped model of about 27M parameters (tied embeddings).
+const QWEN3_25M: &str = r#"{"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+  "vocab_size": 32000, "hidden_size": 384, "intermediate_size": 1280, "num_hidden_layers": 8,
+  "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 64, "rope_theta": 1000000.0,
+  "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "tie_word_embeddings": true,
+  "hidden_act": "silu", "initializer_range": 0.02}"#;
+
+/// Qwen3-0.6B's published shape.
+const QWEN3_0_6B: &str = r#"{"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+  "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+  "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "rope_theta": 1000000.0,
+  "rms_norm_eps": 1e-6, "max_position_embeddings": 40960, "tie_word_embeddings": true,
+  "hidden_act": "silu", "initializer_range": 0.02}"#;
+
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// Model shapes to run: qwen3-25m, qwen3-0.6b (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "qwen3-25m,qwen3-0.6b")]
+    pub configs: Vec<String>,
+    /// Compute device for grlo (the peer uses the matching torch device).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Timed rounds per workload (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Threads for both sides (0: all cores). Sets RAYON_NUM_THREADS for grlo.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Python interpreter for the transformers peer; "none" skips it.
+    #[arg(long, default_value = "python3")]
+    pub peer: String,
+    /// Batch sizes of the decode workloads.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub decode_batches: Vec<usize>,
+    /// Smaller workloads (for a quick look, and for the large config on a small CPU).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured workload, with the same name on both sides.
+#[derive(Clone, Debug, Serialize)]
+struct Workload {
+    name: String,
+    kind: &'static str,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    config: String,
+    workload: String,
+    grlo_tokens_per_s: f64,
+    peer_tokens_per_s: Option<f64>,
+    ratio: Option<f64>,
+}
+
+fn plan(large: bool, quick: bool, decode_batches: &[usize]) -> Vec<Workload> {
+    let (prefill, train, steps) = match (large, quick) {
+        (false, false) => ((8, 128), (8, 128), 32),
+        (true, false) | (false, true) => ((4, 128), (4, 64), 16),
+        (true, true) => ((2, 64), (1, 64), 8),
+    };
+    let mut plan = vec![Workload {
+        name: format!("prefill {}x{}", prefill.0, prefill.1),
+        kind: "prefill",
+        batch: prefill.0,
+        seq: prefill.1,
+        steps: 0,
+    }];
+    for &batch in decode_batches {
+        plan.push(Workload {
+            name: format!("decode b={batch} ({steps} steps)"),
+            kind: "decode",
+            batch,
+            seq: 16,
+            steps,
+        });
+    }
+    plan.push(Workload {
+        name: format!("fwd+bwd {}x{}", train.0, train.1),
+        kind: "train",
+        batch: train.0,
+        seq: train.1,
+        steps: 0,
+    });
+    plan
+}
+
+pub fn run(args: BenchModelArgs) -> anyhow::Result<String> {
+    if args.threads > 0 {
+        // SAFETY: set before any worker thread pool starts.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
+    }
+    let threads = if args.threads > 0 {
+        args.threads
+    } else {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    };
+    let mut rows = Vec::new();
+    for name in &args.configs {
+        let (json, large) = match name.as_str() {
+            "qwen3-25m" => (QWEN3_25M, false),
+            "qwen3-0.6b" => (QWEN3_0_6B, true),
+            other => bail!("unknown bench config \"{other}\" (use qwen3-25m or qwen3-0.6b)"),
+        };
+        let config = ModelConfig::from_json_str(json, Path::new(name))?;
+        let plan = plan(large, args.quick, &args.decode_batches);
+        eprintln!(
+            "[bench] {name}: grlo on {:?}, {threads} threads",
+            args.device
+        );
+        let ours = dispatch(
+            &args.device,
+            GrloSide {
+                config: config.clone(),
+                plan: plan.clone(),
+                rounds: args.rounds,
+            },
+        )?;
+        let peer = if args.peer == "none" {
+            None
+        } else {
+            eprintln!("[bench] {name}: transformers peer");
+            Some(run_peer(&args, json, &plan, threads)?)
+        };
+        for (workload, grlo) in plan.iter().zip(ours) {
+            let peer_value = peer
+                .as_ref()
+                .and_then(|p| p.get(&workload.name))
+                .and_then(serde_json::Value::as_f64);
+            rows.push(Row {
+                config: name.clone(),
+                workload: workload.name.clone(),
+                grlo_tokens_per_s: grlo,
+                peer_tokens_per_s: peer_value,
+                ratio: peer_value.map(|p| grlo / p),
+            });
+        }
+    }
+    if args.json {
+        return Ok(serde_json::to_string(&rows)?);
+    }
+    Ok(table(&rows, &args.device, threads))
+}
+
+fn table(rows: &[Row], device: &DeviceArg, threads: usize) -> String {
+    let mut out = format!(
+        "device {device:?}, {threads} threads; tokens/s (median of rounds); ratio = grlo / transformers\n"
+    );
+    out += &format!(
+        "{:<12} {:<24} {:>12} {:>14} {:>7}\n",
+        "config", "workload", "grlo", "transformers", "ratio"
+    );
+    for r in rows {
+        let peer = r
+            .peer_tokens_per_s
+            .map_or("-".into(), |p| format!("{p:.1}"));
+        let ratio = r.ratio.map_or("-".into(), |x| format!("{x:.2}"));
+        out += &format!(
+            "{:<12} {:<24} {:>12.1} {:>14} {:>7}\n",
+            r.config, r.workload, r.grlo_tokens_per_s, peer, ratio
+        );
+    }
+    out
+}
+
+fn run_peer(
+    args: &BenchModelArgs,
+    config_json: &str,
+    plan: &[Workload],
+    threads: usize,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let dir = tempfile_dir()?;
+    let config_path = dir.join("config.json");
+    let plan_path = dir.join("plan.json");
+    std::fs::write(&config_path, config_json)?;
+    std::fs::write(&plan_path, serde_json::to_string(plan)?)?;
+    let script = peer_script()?;
+    let device = match args.device {
+        DeviceArg::Cpu => "cpu".to_string(),
+        DeviceArg::Cuda(i) => format!("cuda:{i}"),
+    };
+    let output = Command::new(&args.peer)
+        .arg(&script)
+        .args(["--config", &config_path.to_string_lossy()])
+        .args(["--plan", &plan_path.to_string_lossy()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--rounds", &args.rounds.to_string()])
+        .args(["--device", &device])
+        .output()
+        .with_context(|| format!("failed to start the peer with {}", args.peer))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !output.status.success() {
+        bail!(
+            "the transformers peer failed (is torch installed? use --peer none to skip it): {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("the transformers peer printed no JSON")?;
+    value
+        .get("tokens_per_second")
+        .and_then(serde_json::Value::as_object)
+        .cloned()
+        .context("the transformers peer printed no tokens_per_second")
+}
+
+fn peer_script() -> anyhow::Result<PathBuf> {
+    let candidates = [
+        PathBuf::from("bench/peer_transformers.py"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/peer_transformers.py"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("bench/peer_transformers.py not found: run from the repository root")
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("grlo-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// grlo's side: the same workloads on the chosen backend.
+struct GrloSide {
+    config: ModelConfig,
+    plan: Vec<Workload>,
+    rounds: usize,
+}
+
+impl OnBackend for GrloSide {
+    type Output = Vec<f64>;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<f64>> {
+        let mut results = Vec::new();
+        let model = Model::<B>::random(self.config.clone(), 0, &device);
+        for w in self.plan.iter().filter(|w| w.kind != "train") {
+            let prompts = random_rows(self.config.vocab_size, w.batch, w.seq);
+            let prefill_seconds = median_seconds::<B>(&device, self.rounds, || {
+                let batch = TokenBatch::left_padded(&prompts, 0);
+                let hidden = model.forward_hidden(&batch, None);
+                let last = last_positions::<B>(w.batch, w.seq, &device);
+                to_f32_vec(model.lm_logits(hidden.select(0, last)));
+            });
+            let tokens_per_s = if w.kind == "prefill" {
+                (w.batch * w.seq) as f64 / prefill_seconds
+            } else {
+                let params = GenerationParams {
+                    sampling: SamplingParams::greedy(),
+                    max_new_tokens: w.steps + 1,
+                    n: 1,
+                    stop_token_ids: Vec::new(),
+                };
+                let total = median_seconds::<B>(&device, self.rounds, || {
+                    grlo_model::generate(&model, &prompts, &params).expect("valid prompts");
+                });
+                (w.batch * w.steps) as f64 / (total - prefill_seconds).max(1e-9)
+            };
+            results.push(tokens_per_s);
+        }
+        drop(model);
+        for w in self.plan.iter().filter(|w| w.kind == "train") {
+            results.push(train_tokens_per_s::<Autodiff<B>>(
+                &self.config,
+                w,
+                self.rounds,
+                &device,
+            ));
+        }
+        // Results in plan order: the train workload is last in every plan.
+        Ok(results)
+    }
+}
+
+fn train_tokens_per_s<A: AutodiffBackend>(
+    config: &ModelConfig,
+    w: &Workload,
+    rounds: usize,
+    device: &A::Device,
+) -> f64 {
+    let model = Model::<A>::random(config.clone(), 0, device);
+    let rows = random_rows(config.vocab_size, w.batch, w.seq);
+    let seconds = median_seconds::<A>(device, rounds, || {
+        let batch = TokenBatch::right_padded(&rows, 0);
+        let logits = model.lm_logits(model.forward_hidden(&batch, None)); // [b * seq, vocab]
+        // next-token cross-entropy over every position but each row's last
+        let mut inputs = Vec::new();
+        let mut targets = Vec::new();
+        for (r, row) in rows.iter().enumerate() {
+            for t in 0..w.seq - 1 {
+                inputs.push((r * w.seq + t) as i64);
+                targets.push(row[t + 1] as i64);
+            }
+        }
+        let n = inputs.len();
+        let inputs = Tensor::<A, 1, Int>::from_data(TensorData::new(inputs, [n]), device);
+        let targets = Tensor::<A, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
+        let logp = log_softmax(logits.select(0, inputs), 1).gather(1, targets); // [n, 1]
+        let loss = logp.mean().neg();
+        let _grads = loss.backward();
+    });
+    (w.batch * w.seq) as f64 / seconds
+}
+
+fn random_rows(vocab: usize, batch: usize, seq: usize) -> Vec<Vec<u32>> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..batch)
+        .map(|_| {
+            (0..seq)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % vocab as u64) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn last_positions<B: Backend>(batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+    let index: Vec<i64> = (0..batch).map(|b| (b * seq + seq - 1) as i64).collect();
+    Tensor::from_data(TensorData::new(index, [batch]), device)
+}
+
+/// Median wall time of `rounds` runs after one warm-up, with the device synchronised.
+fn median_seconds<B: Backend>(device: &B::Device, rounds: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..rounds.max(1))
+        .map(|_| {
+            let _ = B::sync(device);
+            let start = Instant::now();
+            f();
+            let _ = B::sync(device);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
