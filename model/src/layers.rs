@@ -6,9 +6,11 @@
 //! is several times slower on the CPU backends. Only attention reshapes to heads.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Tensor, TensorData};
 
 use crate::rope::RopeTables;
 
@@ -85,51 +87,64 @@ pub struct LayerCache<B: Backend> {
     pub values: Tensor<B, 4>,
 }
 
-/// What masks attention scores `[batch, kv_heads, groups, queries, keys]`: both parts are
-/// additive (0 or [`MASKED`]) and broadcast over heads.
+/// What each query may attend to in one forward pass, prepared once and shared by the layers.
+///
+/// Passes over several tokens are causal, and padding keys (left padding in generation) are
+/// hidden with a boolean mask; one-token decoding steps see every cached key except padding,
+/// hidden with an additive bias laid out exactly like the scores (Burn's CPU backends are
+/// slow at broadcasting over middle dimensions, so nothing here broadcasts).
 #[derive(Clone, Debug)]
-pub struct AttentionBias<B: Backend> {
-    /// `[queries, keys]`: hides later keys from each query; `None` when every query may see
-    /// every key (one-token decoding).
-    pub causal: Option<Tensor<B, 2>>,
-    /// `[batch, keys]`: hides padding keys; `None` when no row has padding on the left.
-    pub keys: Option<Tensor<B, 2>>,
+pub struct AttentionMask<B: Backend> {
+    /// `[batch, heads, queries, keys]`, `true` where a key is padding (multi-token passes).
+    pub padding: Option<Tensor<B, 4, Bool>>,
+    /// `[batch, kv_heads, groups, keys]`: 0 or [`MASKED`] (one-token passes).
+    pub decode_bias: Option<Tensor<B, 4>>,
 }
 
-impl<B: Backend> AttentionBias<B> {
-    /// The causal bias for `queries` new positions over `keys` keys (the last `queries` keys
-    /// are the new ones) and an optional key bias.
+impl<B: Backend> AttentionMask<B> {
+    /// The mask for `queries` new tokens per row over `keys` keys, given which keys of each row
+    /// are padding (`[batch * keys]`, `None` when none are).
     pub fn new(
+        batch: usize,
         queries: usize,
         keys: usize,
-        key_bias: Option<Tensor<B, 2>>,
+        heads: usize,
+        kv_heads: usize,
+        key_padding: Option<&[bool]>,
         device: &B::Device,
     ) -> Self {
-        let causal = (queries > 1).then(|| {
-            let mask = Tensor::<B, 2, burn::tensor::Bool>::tril_mask(
-                [queries, keys],
-                (keys - queries) as i64,
-                device,
-            );
-            Tensor::<B, 2>::zeros([queries, keys], device).mask_fill(mask, MASKED)
-        });
-        AttentionBias {
-            causal,
-            keys: key_bias,
+        let Some(key_padding) = key_padding else {
+            return AttentionMask {
+                padding: None,
+                decode_bias: None,
+            };
+        };
+        if queries > 1 {
+            let mut mask = Vec::with_capacity(batch * heads * queries * keys);
+            for row in key_padding.chunks(keys) {
+                for _ in 0..heads * queries {
+                    mask.extend_from_slice(row);
+                }
+            }
+            let shape = [batch, heads, queries, keys];
+            AttentionMask {
+                padding: Some(Tensor::from_data(TensorData::new(mask, shape), device)),
+                decode_bias: None,
+            }
+        } else {
+            let groups = heads / kv_heads;
+            let mut bias = Vec::with_capacity(batch * heads * keys);
+            for row in key_padding.chunks(keys) {
+                for _ in 0..heads {
+                    bias.extend(row.iter().map(|&pad| if pad { MASKED } else { 0.0 }));
+                }
+            }
+            let shape = [batch, kv_heads, groups, keys];
+            AttentionMask {
+                padding: None,
+                decode_bias: Some(Tensor::from_data(TensorData::new(bias, shape), device)),
+            }
         }
-    }
-
-    /// Adds the bias to scores `[batch, kv_heads, groups, queries, keys]`.
-    fn apply(&self, scores: Tensor<B, 5>) -> Tensor<B, 5> {
-        let [batch, _, _, queries, keys] = scores.dims();
-        let mut scores = scores;
-        if let Some(causal) = &self.causal {
-            scores = scores.add(causal.clone().reshape([1, 1, 1, queries, keys]));
-        }
-        if let Some(key_bias) = &self.keys {
-            scores = scores.add(key_bias.clone().reshape([batch, 1, 1, 1, keys]));
-        }
-        scores
     }
 }
 
@@ -159,7 +174,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 2>,
         batch: usize,
         rope: &RopeTables<B>,
-        bias: &AttentionBias<B>,
+        mask: &AttentionMask<B>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 2> {
         let [tokens, _] = x.dims();
@@ -182,8 +197,8 @@ impl<B: Backend> Attention<B> {
             (Some(q_norm), Some(k_norm)) => (q_norm.forward(q), k_norm.forward(k)),
             _ => (q, k),
         };
-        let q = rope.apply(q).swap_dims(1, 2); // [batch, h, seq, hd]
-        let k = rope.apply(k).swap_dims(1, 2); // [batch, kv, seq, hd]
+        let q = rope.apply_q(q).swap_dims(1, 2); // [batch, h, seq, hd]
+        let k = rope.apply_k(k).swap_dims(1, 2); // [batch, kv, seq, hd]
         let v = v.swap_dims(1, 2); // [batch, kv, seq, hd]
 
         let (k, v) = match cache {
@@ -203,20 +218,32 @@ impl<B: Backend> Attention<B> {
             }
             None => (k, v),
         };
-        let keys = k.dims()[2];
         let groups = h / kv;
-
-        // Queries of the heads that share a kv head are stacked along the sequence axis, so the
-        // shared keys and values are used as they are, without being repeated per head.
-        let q = q.reshape([batch, kv, groups * seq, hd]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar((hd as f64).powf(-0.5)); // [batch, kv, groups * seq, keys]
-        let scores = bias.apply(scores.reshape([batch, kv, groups, seq, keys]));
-        let probs = softmax(scores, 4).reshape([batch, kv, groups * seq, keys]);
-        let out = probs.matmul(v); // [batch, kv, groups * seq, hd]
+        let out = if seq > 1 {
+            // A causal pass over several tokens: the backend's fused attention (flash attention
+            // on CUDA and for long rows on CPU) over key and value heads repeated per group.
+            let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups)); // [batch, h, keys, hd]
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: true,
+            };
+            attention(q, k, v, mask.padding.clone(), None, options) // [batch, h, seq, hd]
+        } else {
+            // One new token per row: the queries of the heads sharing a kv head are stacked, so
+            // the cached keys and values are used as they are, not repeated per head.
+            let q = q.reshape([batch, kv, groups, hd]);
+            let scores = q
+                .matmul(k.swap_dims(2, 3))
+                .mul_scalar((hd as f64).powf(-0.5)); // [batch, kv, groups, keys]
+            let scores = match &mask.decode_bias {
+                Some(bias) => scores.add(bias.clone()),
+                None => scores,
+            };
+            let probs = softmax(scores, 3);
+            probs.matmul(v).reshape([batch, h, 1, hd]) // [batch, h, 1, hd]
+        };
         let out = out
-            .reshape([batch, h, seq, hd])
             .swap_dims(1, 2) // [batch, seq, h, hd]
             .reshape([tokens, h * hd]);
         self.o_proj.forward(out) // [tokens, hidden]
@@ -239,16 +266,28 @@ impl<B: Backend> DecoderLayer<B> {
         x: Tensor<B, 2>,
         batch: usize,
         rope: &RopeTables<B>,
-        bias: &AttentionBias<B>,
+        mask: &AttentionMask<B>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 2> {
         let attended =
             self.attention
-                .forward(self.input_norm.forward(x.clone()), batch, rope, bias, cache);
+                .forward(self.input_norm.forward(x.clone()), batch, rope, mask, cache);
         let x = x.add(attended);
         let mlp = self
             .mlp
             .forward(self.post_attention_norm.forward(x.clone()));
         x.add(mlp)
     }
+}
+
+/// `[batch, kv_heads, keys, hd]` → `[batch, kv_heads * groups, keys, hd]`, each kv head repeated
+/// for the query heads of its group (transformers' `repeat_kv`).
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kv, keys, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .repeat_dim(2, groups) // [batch, kv, groups, keys, hd]
+        .reshape([batch, kv * groups, keys, hd])
 }

@@ -9,9 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::{HeadKind, ModelConfig};
 use crate::error::{Error, Result};
-use crate::layers::{
-    Attention, AttentionBias, DecoderLayer, LayerCache, Linear, MASKED, Mlp, RmsNorm,
-};
+use crate::layers::{Attention, AttentionMask, DecoderLayer, LayerCache, Linear, Mlp, RmsNorm};
 use crate::params::{ParamSource, RandomInit, hf_names};
 use crate::rope::Rope;
 use crate::safetensors_io::{
@@ -361,29 +359,34 @@ impl<B: Backend> Model<B> {
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens]), &device);
         let mut x = self.embed.val().select(0, ids); // [tokens, hidden]
 
-        let rope = self
-            .rope
-            .tables::<B>(&batch.positions, batch.batch, &device);
+        let c = &self.config;
+        let rope = self.rope.tables::<B>(
+            &batch.positions,
+            batch.batch,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            &device,
+        );
         let cached = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let keys = cached + batch.seq;
-        let key_bias = batch.key_padding.as_ref().map(|padding| {
-            let bias: Vec<f32> = padding
-                .iter()
-                .map(|&pad| if pad { MASKED } else { 0.0 })
-                .collect();
-            Tensor::<B, 2>::from_data(TensorData::new(bias, [batch.batch, keys]), &device)
-        });
-        let bias = AttentionBias::new(batch.seq, keys, key_bias, &device);
+        let mask = AttentionMask::new(
+            batch.batch,
+            batch.seq,
+            cached + batch.seq,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            batch.key_padding.as_deref(),
+            &device,
+        );
 
         match cache {
             Some(cache) => {
                 for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward(x, batch.batch, &rope, &bias, Some(slot));
+                    x = layer.forward(x, batch.batch, &rope, &mask, Some(slot));
                 }
             }
             None => {
                 for layer in &self.layers {
-                    x = layer.forward(x, batch.batch, &rope, &bias, None);
+                    x = layer.forward(x, batch.batch, &rope, &mask, None);
                 }
             }
         }

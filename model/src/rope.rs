@@ -35,11 +35,14 @@ impl Rope {
         &self.inv_freq
     }
 
-    /// The cos and sin tables for `positions` (`batch * seq` of them, row-major).
+    /// The cos and sin tables for `positions` (`batch * seq` of them, row-major), laid out per
+    /// query head and per key head so that applying them broadcasts nothing.
     pub fn tables<B: Backend>(
         &self,
         positions: &[usize],
         batch: usize,
+        heads: usize,
+        kv_heads: usize,
         device: &B::Device,
     ) -> RopeTables<B> {
         let half = self.inv_freq.len();
@@ -51,17 +54,23 @@ impl Rope {
             for (angle, f) in angles.iter_mut().zip(&self.inv_freq) {
                 *angle = position as f32 * f;
             }
-            // `cat(freqs, freqs)`: both halves of the head use the same angles.
+            // `cat(freqs, freqs)`: both halves of the head use the same angles; the sign of
+            // `rotate_half` is folded into the first half of sin.
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
             }
+            sin.extend(angles.iter().map(|a| -a.sin()));
+            sin.extend(angles.iter().map(|a| a.sin()));
         }
         let seq = positions.len() / batch.max(1);
         let shape = [batch, seq, 1, dim];
+        let cos = Tensor::<B, 4>::from_data(TensorData::new(cos, shape), device);
+        let sin = Tensor::<B, 4>::from_data(TensorData::new(sin, shape), device);
         RopeTables {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos_q: cos.clone().repeat_dim(2, heads),
+            sin_q: sin.clone().repeat_dim(2, heads),
+            cos_k: cos.repeat_dim(2, kv_heads),
+            sin_k: sin.repeat_dim(2, kv_heads),
         }
     }
 }
@@ -90,22 +99,36 @@ fn llama3_scaled(inv_freq: &[f32], s: &Llama3RopeScaling) -> Vec<f32> {
         .collect()
 }
 
-/// cos/sin for the positions of one forward pass, `[batch, seq, 1, head_dim]`.
+/// cos and sign-folded sin for the positions of one forward pass, repeated per head:
+/// `[batch, seq, heads, head_dim]` for queries and `[batch, seq, kv_heads, head_dim]` for keys.
 #[derive(Clone, Debug)]
 pub struct RopeTables<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    cos_q: Tensor<B, 4>,
+    sin_q: Tensor<B, 4>,
+    cos_k: Tensor<B, 4>,
+    sin_k: Tensor<B, 4>,
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Rotates `[batch, seq, heads, head_dim]`: `x * cos + rotate_half(x) * sin`.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let half = x.dims()[3] / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x.mul(self.cos.clone()).add(rotated.mul(self.sin.clone()))
+    /// Rotates queries `[batch, seq, heads, head_dim]`.
+    pub fn apply_q(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        rotate(x, &self.cos_q, &self.sin_q)
     }
+
+    /// Rotates keys `[batch, seq, kv_heads, head_dim]`.
+    pub fn apply_k(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        rotate(x, &self.cos_k, &self.sin_k)
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` with `rotate_half(x) = cat(-x2, x1)`; the minus sign lives in
+/// `sin`, so the rotation is only a swap of the halves.
+fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let swapped = Tensor::cat(vec![x2, x1], 3);
+    x.mul(cos.clone()).add(swapped.mul(sin.clone()))
 }
 
 #[cfg(test)]

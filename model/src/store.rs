@@ -185,7 +185,7 @@ mod tests {
             Location::parse("file:///tmp/x").unwrap(),
             Location::Remote(_)
         ));
-        let err = Location::parse("s3://").unwrap_err().to_string();
+        let err = Location::parse("s3://[bucket").unwrap_err().to_string();
         assert!(err.contains("not a valid URL"), "{err}");
     }
 
