@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The peer side of `grlo bench model`: the same workloads in HF transformers (PyTorch).
 
-Builds the model from the same config.json text with random weights, runs prefill, decode and
-forward+backward exactly as grlo's side does (same shapes, same step counts, greedy decode with a
+Builds the model from the same config.json text with random weights, runs prefill, decode,
+forward+backward and a whole training step (with clip_grad_norm_ and AdamW) exactly as grlo's side does (same shapes, same step counts, greedy decode with a
 KV cache in a plain loop, logits only for the last prompt position at prefill), and prints one
 JSON object: {"workload name": tokens_per_second, ...}.
 
@@ -110,6 +110,18 @@ def main():
         elif kind == "train":
             model.train()
             seconds = timed(lambda: forward_backward(model, ids), device, args.rounds)
+            model.eval()
+            tokens = batch * seq
+        elif kind == "step":
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+
+            def step():
+                forward_backward(model, ids)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+
+            seconds = timed(step, device, args.rounds)
             model.eval()
             tokens = batch * seq
         else:

@@ -25,6 +25,11 @@ enum Command {
     /// Run a checkpoint by hand: logits, generation, reward scores, conversion.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Train a policy with RL from a reward model: every role in one process.
+    Train(cli::train::TrainArgs),
+    /// Reward models from preference pairs.
+    #[command(subcommand)]
+    Rm(cli::rm::RmCommand),
     /// Measure throughput beside the PyTorch/transformers peer.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -38,6 +43,7 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     install_panic_hook();
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GRLO_LOG")
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Model(command) => cli::model::run(command).and_then(print_line),
         Command::Bench(BenchCommand::Model(args)) => cli::bench::run(args).and_then(print_line),
+        Command::Train(args) => cli::train::run(args).and_then(print_line),
+        Command::Rm(command) => cli::rm::run(command).and_then(print_line),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,6 +65,18 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Tensors are large, short-lived allocations: glibc serves them with fresh `mmap`s and hands
+/// them back on free, so every tensor pays page faults again (about 15% of a CPU training step).
+/// Keeping freed memory in the heap instead makes them reuse warm pages.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 

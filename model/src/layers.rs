@@ -49,15 +49,22 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     /// Normalises `[..., d]` over `d`: `x / sqrt(mean(x²) + eps) * weight`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt(); // [..., 1]
-        let weight = self.weight.val().unsqueeze::<D>(); // [1, ..., d]
-        x.div(rms).mul(weight)
+        let shape = x.shape();
+        let d = shape[D - 1];
+        let x = x.reshape([shape.num_elements() / d, d]); // [rows, d]
+        let rms = x.clone().square().mean_dim(1).add_scalar(self.eps).sqrt(); // [rows, 1]
+        let weight = self.weight.val().unsqueeze::<2>(); // [1, d]
+        x.div(rms).mul(weight).reshape(shape)
     }
+}
+
+/// Softmax over the last dimension, computed on a 2-D view: Burn's CPU backends broadcast
+/// (`[rows, keys] / [rows, 1]`, and the same in the backward pass) far faster in two dimensions
+/// than in four or five.
+pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let shape = x.shape();
+    let last = shape[D - 1];
+    softmax(x.reshape([shape.num_elements() / last, last]), 1).reshape(shape)
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`, with gate and up fused in one matmul.
@@ -97,6 +104,11 @@ pub struct LayerCache<B: Backend> {
 pub struct AttentionMask<B: Backend> {
     /// `[batch, heads, queries, keys]`, `true` where a key is padding (multi-token passes).
     pub padding: Option<Tensor<B, 4, Bool>>,
+    /// `[batch, kv_heads, groups * queries, keys]`: the causal mask (and padding) as an additive
+    /// bias laid out like the scores, for multi-token passes that are differentiated. Burn's
+    /// fused attention is not differentiable, and its fallback masks through a broadcast view
+    /// that the CPU backend walks element by element.
+    pub causal_bias: Option<Tensor<B, 4>>,
     /// `[batch, kv_heads, groups, keys]`: 0 or [`MASKED`] (one-token passes).
     pub decode_bias: Option<Tensor<B, 4>>,
 }
@@ -113,9 +125,25 @@ impl<B: Backend> AttentionMask<B> {
         key_padding: Option<&[bool]>,
         device: &B::Device,
     ) -> Self {
+        if queries > 1 && B::ad_enabled(device) {
+            return AttentionMask {
+                padding: None,
+                causal_bias: Some(causal_bias(
+                    batch,
+                    queries,
+                    keys,
+                    heads,
+                    kv_heads,
+                    key_padding,
+                    device,
+                )),
+                decode_bias: None,
+            };
+        }
         let Some(key_padding) = key_padding else {
             return AttentionMask {
                 padding: None,
+                causal_bias: None,
                 decode_bias: None,
             };
         };
@@ -129,6 +157,7 @@ impl<B: Backend> AttentionMask<B> {
             let shape = [batch, heads, queries, keys];
             AttentionMask {
                 padding: Some(Tensor::from_data(TensorData::new(mask, shape), device)),
+                causal_bias: None,
                 decode_bias: None,
             }
         } else {
@@ -142,6 +171,7 @@ impl<B: Backend> AttentionMask<B> {
             let shape = [batch, kv_heads, groups, keys];
             AttentionMask {
                 padding: None,
+                causal_bias: None,
                 decode_bias: Some(Tensor::from_data(TensorData::new(bias, shape), device)),
             }
         }
@@ -219,7 +249,16 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         let groups = h / kv;
-        let out = if seq > 1 {
+        let out = if let Some(bias) = &mask.causal_bias {
+            // A differentiated pass over several tokens: grouped attention with the bias.
+            let q = q.reshape([batch, kv, groups * seq, hd]);
+            let scores = q
+                .matmul(k.swap_dims(2, 3))
+                .mul_scalar((hd as f64).powf(-0.5))
+                .add(bias.clone()); // [batch, kv, groups * seq, keys]
+            let probs = softmax_last(scores);
+            probs.matmul(v).reshape([batch, h, seq, hd]) // [batch, h, seq, hd]
+        } else if seq > 1 {
             // A causal pass over several tokens: the backend's fused attention (flash attention
             // on CUDA and for long rows on CPU) over key and value heads repeated per group.
             let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups)); // [batch, h, keys, hd]
@@ -240,7 +279,7 @@ impl<B: Backend> Attention<B> {
                 Some(bias) => scores.add(bias.clone()),
                 None => scores,
             };
-            let probs = softmax(scores, 3);
+            let probs = softmax_last(scores);
             probs.matmul(v).reshape([batch, h, 1, hd]) // [batch, h, 1, hd]
         };
         let out = out
@@ -290,4 +329,36 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2)
         .repeat_dim(2, groups) // [batch, kv, groups, keys, hd]
         .reshape([batch, kv * groups, keys, hd])
+}
+
+/// The additive causal (and padding) bias of a multi-token pass, materialised on the device in
+/// the layout of the grouped scores `[batch, kv_heads, groups * queries, keys]`.
+fn causal_bias<B: Backend>(
+    batch: usize,
+    queries: usize,
+    keys: usize,
+    heads: usize,
+    kv_heads: usize,
+    key_padding: Option<&[bool]>,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let groups = heads / kv_heads;
+    let later = Tensor::<B, 2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, device);
+    let causal = Tensor::<B, 2>::zeros([queries, keys], device).mask_fill(later, MASKED); // [q, k]
+    let mut bias = causal
+        .reshape([1, 1, queries, keys])
+        .repeat_dim(0, batch)
+        .repeat_dim(1, heads); // [batch, heads, q, k]
+    if let Some(padding) = key_padding {
+        let values: Vec<f32> = padding
+            .iter()
+            .map(|&p| if p { MASKED } else { 0.0 })
+            .collect();
+        let padding = Tensor::<B, 2>::from_data(TensorData::new(values, [batch, keys]), device)
+            .reshape([batch, 1, 1, keys])
+            .repeat_dim(1, heads)
+            .repeat_dim(2, queries); // [batch, heads, q, k]
+        bias = bias.add(padding);
+    }
+    bias.reshape([batch, kv_heads, groups * queries, keys])
 }

@@ -213,6 +213,28 @@ impl WeightFiles {
         })
     }
 
+    /// Opens a single safetensors file on its own (any name).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let file = WeightFile::open(path)?;
+        let index = file
+            .metadata
+            .tensors()
+            .into_keys()
+            .map(|name| (name, 0))
+            .collect();
+        Ok(WeightFiles {
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            files: vec![file],
+            index,
+        })
+    }
+
+    /// The stored shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let file = &self.files[*self.index.get(name)?];
+        file.metadata.info(name).map(|info| info.shape.clone())
+    }
+
     /// Whether the checkpoint holds a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
@@ -390,6 +412,51 @@ pub fn write_safetensors(
         std::fs::remove_file(&index_path).map_err(|e| Error::write(&index_path, e))?;
     }
     Ok(written)
+}
+
+/// Reads every tensor of one safetensors file, with its stored shape.
+pub fn read_safetensors_file(path: &Path) -> Result<Vec<NamedTensor>> {
+    let files = WeightFiles::open_file(path)?;
+    let mut out = Vec::new();
+    for name in files.names() {
+        let shape = files.shape(name).unwrap_or_default();
+        let values = files.read_f32(name, &shape)?;
+        out.push(NamedTensor {
+            name: name.to_string(),
+            shape,
+            values,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes tensors as one safetensors file at `path` (atomically).
+pub fn write_safetensors_file(
+    path: &Path,
+    tensors: Vec<NamedTensor>,
+    dtype: StoredDtype,
+) -> Result<()> {
+    let encoded: Vec<(String, EncodedTensor)> = tensors
+        .into_iter()
+        .map(|t| {
+            let bytes = dtype.encode(&t.values);
+            (
+                t.name,
+                EncodedTensor {
+                    dtype: dtype.safetensors_dtype(),
+                    shape: t.shape,
+                    bytes,
+                },
+            )
+        })
+        .collect();
+    let metadata: HashMap<String, String> = HashMap::from([("format".into(), "pt".into())]);
+    let bytes = safetensors::serialize(
+        encoded.iter().map(|(name, t)| (name.as_str(), t)),
+        Some(metadata),
+    )
+    .map_err(|e| Error::write(path, std::io::Error::other(format!("{e:?}"))))?;
+    write_atomically(path, &bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a

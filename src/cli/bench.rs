@@ -2,8 +2,8 @@
 //!
 //! Both sides run the same workloads on randomly initialised models of the same shape: prefill
 //! (a forward over the prompts, logits at the last position only, as generation needs), greedy
-//! decoding with a KV cache at several batch sizes, and a forward+backward pass of the
-//! next-token cross-entropy. The peer runs in a child process (`bench/peer_transformers.py`)
+//! decoding with a KV cache at several batch sizes, a forward+backward pass of the next-token
+//! cross-entropy, and a whole training step (forward, backward, gradient clipping and AdamW). The peer runs in a child process (`bench/peer_transformers.py`)
 //! with the same thread count; the table prints tokens/s of each side and their ratio.
 
 use std::path::{Path, PathBuf};
@@ -12,10 +12,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::backend::Autodiff;
+use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
+use grlo_learner::config::{LrSchedule, OptimSection};
+use grlo_learner::optim::AdamW;
 use grlo_model::model::to_f32_vec;
 use grlo_model::{GenerationParams, Model, ModelConfig, SamplingParams, TokenBatch};
 use serde::Serialize;
@@ -108,6 +111,13 @@ fn plan(large: bool, quick: bool, decode_batches: &[usize]) -> Vec<Workload> {
     plan.push(Workload {
         name: format!("fwd+bwd {}x{}", train.0, train.1),
         kind: "train",
+        batch: train.0,
+        seq: train.1,
+        steps: 0,
+    });
+    plan.push(Workload {
+        name: format!("train step {}x{}", train.0, train.1),
+        kind: "step",
         batch: train.0,
         seq: train.1,
         steps: 0,
@@ -269,7 +279,11 @@ impl OnBackend for GrloSide {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<f64>> {
         let mut results = Vec::new();
         let model = Model::<B>::random(self.config.clone(), 0, &device);
-        for w in self.plan.iter().filter(|w| w.kind != "train") {
+        for w in self
+            .plan
+            .iter()
+            .filter(|w| w.kind == "prefill" || w.kind == "decode")
+        {
             let prompts = random_rows(self.config.vocab_size, w.batch, w.seq);
             let prefill_seconds = median_seconds::<B>(&device, self.rounds, || {
                 let batch = TokenBatch::left_padded(&prompts, 0);
@@ -294,7 +308,11 @@ impl OnBackend for GrloSide {
             results.push(tokens_per_s);
         }
         drop(model);
-        for w in self.plan.iter().filter(|w| w.kind == "train") {
+        for w in self
+            .plan
+            .iter()
+            .filter(|w| w.kind == "train" || w.kind == "step")
+        {
             results.push(train_tokens_per_s::<Autodiff<B>>(
                 &self.config,
                 w,
@@ -302,7 +320,7 @@ impl OnBackend for GrloSide {
                 &device,
             ));
         }
-        // Results in plan order: the train workload is last in every plan.
+        // Results in plan order: the training workloads come last in every plan.
         Ok(results)
     }
 }
@@ -313,8 +331,17 @@ fn train_tokens_per_s<A: AutodiffBackend>(
     rounds: usize,
     device: &A::Device,
 ) -> f64 {
-    let model = Model::<A>::random(config.clone(), 0, device);
+    let mut model = Model::<A>::random(config.clone(), 0, device);
     let rows = random_rows(config.vocab_size, w.batch, w.seq);
+    let mut optim = AdamW::<A::InnerBackend>::new(OptimSection {
+        lr: 1e-5,
+        weight_decay: 0.01,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        grad_clip: 1.0,
+        schedule: LrSchedule::default(),
+    });
+    let update = w.kind == "step";
     let seconds = median_seconds::<A>(device, rounds, || {
         let batch = TokenBatch::right_padded(&rows, 0);
         let logits = model.lm_logits(model.forward_hidden(&batch, None)); // [b * seq, vocab]
@@ -332,7 +359,12 @@ fn train_tokens_per_s<A: AutodiffBackend>(
         let targets = Tensor::<A, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
         let logp = log_softmax(logits.select(0, inputs), 1).gather(1, targets); // [n, 1]
         let loss = logp.mean().neg();
-        let _grads = loss.backward();
+        let grads = loss.backward();
+        if update {
+            let grads = GradientsParams::from_grads(grads, &model);
+            let norm = AdamW::<A::InnerBackend>::grad_norm(&model, &grads);
+            model = optim.update(model.clone(), grads, 1e-5, norm);
+        }
     });
     (w.batch * w.seq) as f64 / seconds
 }

@@ -2,3 +2,5 @@
 
 pub mod bench;
 pub mod model;
+pub mod rm;
+pub mod train;

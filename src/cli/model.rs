@@ -226,7 +226,11 @@ impl OnBackend for ScoreArgs {
             }
             (None, None) => bail!("give the sequence with --ids or --conversation"),
         };
-        let scores = to_f32_vec(pretrained.model.score_sequences(std::slice::from_ref(&ids))?);
+        let scores = to_f32_vec(
+            pretrained
+                .model
+                .score_sequences(std::slice::from_ref(&ids))?,
+        );
         if let [score] = scores[..] {
             to_json(&ScoreOutput { score, ids })
         } else {

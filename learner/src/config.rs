@@ -1,0 +1,673 @@
+//! The training configuration: one TOML schema for `grlo train`, the paper's job
+//! (`configs/grlo-qwen3-4b.toml`) and the embedded default (`configs/tiny.toml`).
+//!
+//! Names follow verl's where there is one (`ppo_mini_batch_size`, `clip_ratio_c`,
+//! `loss_agg_mode`, ...). Unknown keys are errors (`deny_unknown_fields`), so a typo never
+//! silently trains with a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::advantage::AdvantageEstimator;
+use crate::data::BadLinePolicy;
+use crate::loss::{KlEstimator, LossAggregation};
+
+/// Everything `grlo train` needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub reward: RewardSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub algorithm: AlgorithmSection,
+    #[serde(default)]
+    pub rollout: RolloutSection,
+    #[serde(default)]
+    pub actor: ActorSection,
+    #[serde(default)]
+    pub critic: CriticSection,
+    #[serde(default)]
+    pub trainer: TrainerSection,
+}
+
+/// Which checkpoints play which part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The policy to train (Hugging Face directory or object store URL), with its tokenizer.
+    pub policy: String,
+    /// Where the critic starts; by default the policy's decoder with a fresh value head (as
+    /// the paper does).
+    #[serde(default)]
+    pub critic: Option<String>,
+    /// The frozen reference for KL terms; by default the starting policy.
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// Where rewards come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSection {
+    /// A Bradley–Terry reward model (a sequence-classification checkpoint) for prompts whose
+    /// `reward_model.style` is `model`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Longest conversation (tokens, in the reward model's template) scored in full; longer
+    /// ones are cut from the left of the response, as a reward server with a context limit would.
+    #[serde(default = "defaults::reward_max_length")]
+    pub max_length: usize,
+    /// Token budget of one reward-model forward pass.
+    #[serde(default = "defaults::reward_batch_tokens")]
+    pub batch_tokens: usize,
+}
+
+/// The prompt dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// verl-format JSONL prompt files.
+    pub train_files: Vec<String>,
+    #[serde(default = "defaults::max_prompt_length")]
+    pub max_prompt_length: usize,
+    #[serde(default = "defaults::max_response_length")]
+    pub max_response_length: usize,
+    /// Drop prompts longer than `max_prompt_length` (counted and reported), as verl's
+    /// `filter_overlong_prompts`; when off, an overlong prompt is an error.
+    #[serde(default = "defaults::yes")]
+    pub filter_overlong_prompts: bool,
+    /// What a malformed JSONL line does: `skip` it (reported) or `stop` the run.
+    #[serde(default = "defaults::on_bad_line")]
+    pub on_bad_line: BadLinePolicy,
+    #[serde(default = "defaults::yes")]
+    pub shuffle: bool,
+    /// Extra arguments of the chat template, e.g. `{ enable_thinking = false }`.
+    #[serde(default)]
+    pub chat_template_kwargs: toml::Table,
+}
+
+/// Advantages and rewards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlgorithmSection {
+    pub advantage: AdvantageEstimator,
+    pub gamma: f32,
+    pub lambda: f32,
+    /// GRPO: divide by the group's standard deviation.
+    pub norm_adv_by_std_in_grpo: bool,
+    /// Subtract `kl_coef · KL(policy ‖ reference)` from the token rewards.
+    pub use_kl_in_reward: bool,
+    pub kl_coef: f32,
+    pub kl_penalty: KlEstimator,
+}
+
+impl Default for AlgorithmSection {
+    fn default() -> Self {
+        AlgorithmSection {
+            advantage: AdvantageEstimator::Gae,
+            gamma: 1.0,
+            lambda: 1.0,
+            norm_adv_by_std_in_grpo: true,
+            use_kl_in_reward: false,
+            kl_coef: 0.001,
+            kl_penalty: KlEstimator::K1,
+        }
+    }
+}
+
+/// Generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Prompts per training step (verl's `data.train_batch_size`).
+    pub batch_size: usize,
+    /// Samples per prompt.
+    pub n: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 disables top-k (verl's -1).
+    pub top_k: usize,
+    /// Most sequences generated together (bounds the KV cache's memory).
+    pub max_batch_rows: usize,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection {
+            batch_size: 1024,
+            n: 1,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_batch_rows: 256,
+        }
+    }
+}
+
+/// A learning-rate schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LrSchedule {
+    pub kind: LrScheduleKind,
+    /// Warm-up steps (linear from 0); `warmup_ratio` of the total steps when unset.
+    #[serde(default)]
+    pub warmup_steps: Option<usize>,
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Cosine: the floor as a fraction of the peak rate.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+}
+
+impl Default for LrSchedule {
+    fn default() -> Self {
+        LrSchedule {
+            kind: LrScheduleKind::Constant,
+            warmup_steps: None,
+            warmup_ratio: 0.0,
+            min_lr_ratio: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrScheduleKind {
+    /// Linear warm-up (if any) then constant.
+    Constant,
+    /// Linear warm-up (if any) then cosine decay to `min_lr_ratio`.
+    Cosine,
+}
+
+/// AdamW and gradient clipping, shared by actor and critic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    pub lr: f64,
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "defaults::betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "defaults::eps")]
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 disables.
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+    #[serde(default)]
+    pub schedule: LrSchedule,
+}
+
+/// The policy update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorSection {
+    pub optim: OptimSection,
+    /// Prompts per mini-batch (one optimizer update each; × n samples).
+    pub ppo_mini_batch_size: usize,
+    pub ppo_epochs: usize,
+    /// Token budget of one micro-batch (gradients accumulate over micro-batches).
+    pub micro_batch_tokens: usize,
+    pub clip_ratio_low: f32,
+    pub clip_ratio_high: f32,
+    /// Dual-clip constant for negative advantages; 0 disables.
+    pub clip_ratio_c: f32,
+    /// Truncated importance sampling against the behaviour log-probs; 0 disables.
+    pub tis_cap: f32,
+    pub loss_agg_mode: LossAggregation,
+    pub entropy_coeff: f32,
+    pub use_kl_loss: bool,
+    pub kl_loss_coef: f32,
+    pub kl_loss_type: KlEstimator,
+    /// Recompute activations in the backward pass instead of keeping them.
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for ActorSection {
+    fn default() -> Self {
+        ActorSection {
+            optim: OptimSection {
+                lr: 1e-6,
+                weight_decay: defaults::weight_decay(),
+                betas: defaults::betas(),
+                eps: defaults::eps(),
+                grad_clip: defaults::grad_clip(),
+                schedule: LrSchedule::default(),
+            },
+            ppo_mini_batch_size: 256,
+            ppo_epochs: 1,
+            micro_batch_tokens: 16384,
+            clip_ratio_low: 0.2,
+            clip_ratio_high: 0.2,
+            clip_ratio_c: 3.0,
+            tis_cap: 0.0,
+            loss_agg_mode: LossAggregation::TokenMean,
+            entropy_coeff: 0.0,
+            use_kl_loss: false,
+            kl_loss_coef: 0.001,
+            kl_loss_type: KlEstimator::K3,
+            gradient_checkpointing: false,
+        }
+    }
+}
+
+/// The value model (used by GAE; other estimators need none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriticSection {
+    pub optim: OptimSection,
+    pub ppo_epochs: usize,
+    pub micro_batch_tokens: usize,
+    pub cliprange_value: f32,
+    pub loss_agg_mode: LossAggregation,
+}
+
+impl Default for CriticSection {
+    fn default() -> Self {
+        CriticSection {
+            optim: OptimSection {
+                lr: 1e-5,
+                ..ActorSection::default().optim
+            },
+            ppo_epochs: 1,
+            micro_batch_tokens: 16384,
+            cliprange_value: 0.5,
+            loss_agg_mode: LossAggregation::TokenMean,
+        }
+    }
+}
+
+/// The run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerSection {
+    pub total_epochs: usize,
+    /// Stop after this many steps even if epochs remain.
+    pub total_steps: Option<usize>,
+    /// Save a checkpoint every this many steps (and at the end); 0 saves only at the end.
+    pub save_every: usize,
+    /// Run directory: resolved config, metrics.jsonl, checkpoints.
+    pub run_dir: String,
+    /// Where checkpoints go if not under the run directory (an object store URL).
+    pub checkpoint_location: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub seed: u64,
+    /// Storage dtype of saved weights (`f32`, `bf16`).
+    pub save_dtype: String,
+}
+
+impl Default for TrainerSection {
+    fn default() -> Self {
+        TrainerSection {
+            total_epochs: 1,
+            total_steps: None,
+            save_every: 0,
+            run_dir: "runs/default".into(),
+            checkpoint_location: None,
+            device: "cpu".into(),
+            seed: 42,
+            save_dtype: "f32".into(),
+        }
+    }
+}
+
+mod defaults {
+    use crate::data::BadLinePolicy;
+
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_prompt_length() -> usize {
+        1024
+    }
+    pub fn max_response_length() -> usize {
+        3072
+    }
+    pub fn on_bad_line() -> BadLinePolicy {
+        BadLinePolicy::Skip
+    }
+    pub fn reward_max_length() -> usize {
+        8192
+    }
+    pub fn reward_batch_tokens() -> usize {
+        16384
+    }
+    pub fn weight_decay() -> f64 {
+        0.01
+    }
+    pub fn betas() -> [f64; 2] {
+        [0.9, 0.999]
+    }
+    pub fn eps() -> f64 {
+        1e-8
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+}
+
+/// A configuration error, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("invalid config {source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error("invalid config {source_name}: {}", .problems.join("; "))]
+    Invalid {
+        source_name: String,
+        problems: Vec<String>,
+    },
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; relative paths inside are taken relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses TOML text; `source_name` names it in errors and `base` anchors relative paths.
+    pub fn from_toml(text: &str, source_name: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.resolve_paths(base);
+        config.validate(source_name)?;
+        Ok(config)
+    }
+
+    /// Applies `section.key=value` overrides (TOML values), as given on the command line.
+    pub fn with_overrides(
+        self,
+        overrides: &[String],
+        source_name: &str,
+    ) -> Result<Self, ConfigError> {
+        if overrides.is_empty() {
+            return Ok(self);
+        }
+        let mut table = toml::Table::try_from(&self).map_err(|e| ConfigError::Parse {
+            source_name: source_name.into(),
+            message: e.to_string(),
+        })?;
+        for item in overrides {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(ConfigError::Parse {
+                    source_name: "--set".into(),
+                    message: format!("expected section.key=value, got \"{item}\""),
+                });
+            };
+            let value: toml::Value = format!("v = {value}")
+                .parse::<toml::Table>()
+                .map(|mut t| t.remove("v").expect("the key just parsed"))
+                .unwrap_or_else(|_| toml::Value::String(value.to_string()));
+            let mut node = &mut table;
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            for part in &parts[..parts.len() - 1] {
+                node = node
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default()))
+                    .as_table_mut()
+                    .ok_or_else(|| ConfigError::Parse {
+                        source_name: "--set".into(),
+                        message: format!("{key}: {part} is not a section"),
+                    })?;
+            }
+            node.insert(parts[parts.len() - 1].to_string(), value);
+        }
+        let config: TrainConfig =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    source_name: format!("{source_name} with --set overrides"),
+                    message: e.to_string().trim().replace('\n', " "),
+                })?;
+        config.validate(source_name)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut String| {
+            if !p.contains("://") && Path::new(p.as_str()).is_relative() {
+                *p = base.join(&*p).display().to_string();
+            }
+        };
+        resolve(&mut self.model.policy);
+        self.model.critic.iter_mut().for_each(resolve);
+        self.model.reference.iter_mut().for_each(resolve);
+        self.reward.model.iter_mut().for_each(resolve);
+        self.data.train_files.iter_mut().for_each(resolve);
+    }
+
+    /// Every problem at once, so a person fixes the file in one go.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let mut problems: Vec<String> = Vec::new();
+        let check = |problems: &mut Vec<String>, ok: bool, message: &str| {
+            if !ok {
+                problems.push(message.to_string());
+            }
+        };
+        let r = &self.rollout;
+        let a = &self.actor;
+        check(
+            &mut problems,
+            !self.data.train_files.is_empty(),
+            "data.train_files is empty",
+        );
+        check(
+            &mut problems,
+            self.data.max_prompt_length > 0,
+            "data.max_prompt_length must be positive",
+        );
+        check(
+            &mut problems,
+            self.data.max_response_length > 0,
+            "data.max_response_length must be positive",
+        );
+        check(
+            &mut problems,
+            r.batch_size > 0,
+            "rollout.batch_size must be positive",
+        );
+        check(&mut problems, r.n > 0, "rollout.n must be positive");
+        check(
+            &mut problems,
+            r.temperature >= 0.0,
+            "rollout.temperature must be >= 0",
+        );
+        check(
+            &mut problems,
+            r.top_p > 0.0 && r.top_p <= 1.0,
+            "rollout.top_p must be in (0, 1]",
+        );
+        check(
+            &mut problems,
+            r.max_batch_rows > 0,
+            "rollout.max_batch_rows must be positive",
+        );
+        check(
+            &mut problems,
+            a.ppo_mini_batch_size > 0,
+            "actor.ppo_mini_batch_size must be positive",
+        );
+        check(
+            &mut problems,
+            a.ppo_mini_batch_size <= r.batch_size,
+            "actor.ppo_mini_batch_size must not exceed rollout.batch_size",
+        );
+        check(
+            &mut problems,
+            a.ppo_epochs > 0,
+            "actor.ppo_epochs must be positive",
+        );
+        check(
+            &mut problems,
+            a.micro_batch_tokens > 0,
+            "actor.micro_batch_tokens must be positive",
+        );
+        check(
+            &mut problems,
+            a.clip_ratio_low >= 0.0 && a.clip_ratio_low < 1.0,
+            "actor.clip_ratio_low must be in [0, 1)",
+        );
+        check(
+            &mut problems,
+            a.clip_ratio_high >= 0.0,
+            "actor.clip_ratio_high must be >= 0",
+        );
+        check(
+            &mut problems,
+            a.clip_ratio_c == 0.0 || a.clip_ratio_c > 1.0,
+            "actor.clip_ratio_c must be 0 (off) or greater than 1",
+        );
+        check(
+            &mut problems,
+            a.tis_cap >= 0.0,
+            "actor.tis_cap must be >= 0",
+        );
+        for (name, optim) in [("actor", &a.optim), ("critic", &self.critic.optim)] {
+            if optim.lr.is_nan() || optim.lr <= 0.0 {
+                problems.push(format!("{name}.optim.lr must be positive"));
+            }
+            if !(0.0..1.0).contains(&optim.betas[0]) || !(0.0..1.0).contains(&optim.betas[1]) {
+                problems.push(format!("{name}.optim.betas must be in [0, 1)"));
+            }
+        }
+        check(
+            &mut problems,
+            self.critic.micro_batch_tokens > 0,
+            "critic.micro_batch_tokens must be positive",
+        );
+        check(
+            &mut problems,
+            self.critic.ppo_epochs > 0,
+            "critic.ppo_epochs must be positive",
+        );
+        check(
+            &mut problems,
+            self.trainer.total_epochs > 0,
+            "trainer.total_epochs must be positive",
+        );
+        check(
+            &mut problems,
+            ["f32", "bf16", "f16", "float32", "bfloat16", "float16"]
+                .contains(&self.trainer.save_dtype.as_str()),
+            "trainer.save_dtype must be f32, bf16 or f16",
+        );
+        check(
+            &mut problems,
+            self.trainer.device == "cpu" || self.trainer.device.starts_with("cuda"),
+            "trainer.device must be cpu, cuda or cuda:N",
+        );
+        let group_estimators = [
+            AdvantageEstimator::Grpo,
+            AdvantageEstimator::DrGrpo,
+            AdvantageEstimator::Rloo,
+            AdvantageEstimator::ReinforcePlusPlusBaseline,
+        ];
+        if group_estimators.contains(&self.algorithm.advantage) && r.n < 2 {
+            problems.push(format!(
+                "algorithm.advantage {:?} compares the samples of a prompt: set rollout.n >= 2",
+                self.algorithm.advantage
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                source_name: source_name.into(),
+                problems,
+            })
+        }
+    }
+
+    /// Whether this configuration trains a critic.
+    pub fn uses_critic(&self) -> bool {
+        self.algorithm.advantage == AdvantageEstimator::Gae
+    }
+
+    /// Whether a frozen reference policy is needed.
+    pub fn uses_reference(&self) -> bool {
+        self.algorithm.use_kl_in_reward || self.actor.use_kl_loss
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [model]
+        policy = "models/policy"
+        [data]
+        train_files = ["prompts.jsonl"]
+    "#;
+
+    #[test]
+    fn a_minimal_config_takes_the_papers_defaults() {
+        let c = TrainConfig::from_toml(MINIMAL, "minimal.toml", Path::new("/base")).unwrap();
+        assert_eq!(c.model.policy, "/base/models/policy");
+        assert_eq!(c.algorithm.advantage, AdvantageEstimator::Gae);
+        assert_eq!((c.actor.optim.lr, c.critic.optim.lr), (1e-6, 1e-5));
+        assert_eq!(c.actor.clip_ratio_c, 3.0);
+        assert_eq!(c.rollout.batch_size, 1024);
+        assert!(c.uses_critic() && !c.uses_reference());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let text = format!("{MINIMAL}\n[actor]\nlearning_rate = 1.0\n");
+        let err = TrainConfig::from_toml(&text, "x.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x.toml") && err.contains("learning_rate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_invalid_value_is_listed() {
+        let text = format!(
+            "{MINIMAL}\n[rollout]\nbatch_size = 0\nn = 0\ntemperature = 1.0\ntop_p = 2.0\ntop_k = 0\nmax_batch_rows = 8\n"
+        );
+        let err = TrainConfig::from_toml(&text, "x.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        for expected in ["rollout.batch_size", "rollout.n", "rollout.top_p"] {
+            assert!(err.contains(expected), "{err} should list {expected}");
+        }
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_and_are_validated() {
+        let c = TrainConfig::from_toml(MINIMAL, "m.toml", Path::new(".")).unwrap();
+        let c = c
+            .with_overrides(
+                &["actor.optim.lr=0.5".into(), "trainer.run_dir=runs/x".into()],
+                "m.toml",
+            )
+            .unwrap();
+        assert_eq!(c.actor.optim.lr, 0.5);
+        assert_eq!(c.trainer.run_dir, "runs/x");
+        let err = c
+            .with_overrides(&["rollout.n=0".into()], "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rollout.n"), "{err}");
+    }
+}

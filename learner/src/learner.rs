@@ -1,0 +1,461 @@
+//! The learner: policy and critic with their optimizers, and the training step that turns a
+//! batch of scored trajectories into updated weights.
+//!
+//! One step: values of the current critic and log-probs of the reference (when a KL term asks
+//! for them), token rewards, advantages, then `ppo_epochs` passes over the batch in
+//! mini-batches (one optimizer update each), every mini-batch split into micro-batches within
+//! a token budget whose gradients accumulate. A non-finite loss or gradient rejects the whole
+//! step: the models and optimizers go back to where the step began.
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use grlo_model::Model;
+use grlo_model::model::to_f32_vec;
+use serde::Serialize;
+
+use crate::advantage::{self, AdvantageEstimator};
+use crate::config::TrainConfig;
+use crate::loss::{
+    AggregationScale, LossAggregation, PolicyLossConfig, aggregate, kl_penalty, kl_penalty_host,
+    policy_loss, truncated_is_weights, value_loss,
+};
+use crate::optim::{AdamW, scheduled_lr};
+use crate::sequences::{SequenceBatch, response_logprobs, response_values, split_by_tokens};
+use crate::trajectory::Trajectory;
+
+/// Policy, critic, reference and optimizers.
+pub struct Learner<A: AutodiffBackend> {
+    pub config: TrainConfig,
+    pub policy: Model<A>,
+    pub critic: Option<Model<A>>,
+    pub reference: Option<Model<A::InnerBackend>>,
+    pub policy_optim: AdamW<A::InnerBackend>,
+    pub critic_optim: AdamW<A::InnerBackend>,
+    /// Training steps taken (each one or more optimizer updates).
+    pub step: usize,
+    /// Steps the run will take, for learning-rate schedules.
+    pub total_steps: usize,
+}
+
+/// What one training step measured (means over the step's mini-batches and tokens).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TrainStats {
+    pub policy_loss: f64,
+    pub value_loss: Option<f64>,
+    pub clip_frac: f64,
+    pub dual_clip_frac: f64,
+    pub approx_kl: f64,
+    pub entropy: f64,
+    pub kl_to_reference: Option<f64>,
+    pub value_clip_frac: Option<f64>,
+    pub grad_norm: f64,
+    pub critic_grad_norm: Option<f64>,
+    pub lr: f64,
+    pub critic_lr: Option<f64>,
+    pub advantage_mean: f64,
+    pub return_mean: f64,
+    pub updates: usize,
+    /// Set when a non-finite loss or gradient rejected the step (nothing was applied).
+    pub rejected: Option<String>,
+}
+
+/// Per-sample quantities of a step, all `[sample][token]`.
+struct StepData {
+    sequences: Vec<SequenceRef>,
+    /// What the generator recorded.
+    behaviour_logprobs: Vec<Vec<f32>>,
+    /// The PPO ratio's denominator: the behaviour log-probs, or with truncated importance
+    /// sampling on, the current policy's recomputed before any update of the step.
+    old_logprobs: Vec<Vec<f32>>,
+    old_values: Option<Vec<Vec<f32>>>,
+    ref_logprobs: Option<Vec<Vec<f32>>>,
+    advantages: Vec<Vec<f32>>,
+    returns: Vec<Vec<f32>>,
+}
+
+#[derive(Clone)]
+struct SequenceRef {
+    prompt: Vec<u32>,
+    response: Vec<u32>,
+}
+
+impl<A: AutodiffBackend> Learner<A> {
+    fn device(&self) -> A::Device {
+        self.policy.device()
+    }
+
+    /// One training step on scored trajectories.
+    pub fn train_on(&mut self, trajectories: &[Trajectory]) -> TrainStats {
+        let snapshot = (
+            self.policy.clone(),
+            self.critic.clone(),
+            self.policy_optim.clone(),
+            self.critic_optim.clone(),
+        );
+        let data = self.prepare(trajectories);
+        let mut stats = TrainStats {
+            advantage_mean: mean_over_tokens(&data.advantages),
+            return_mean: mean_over_tokens(&data.returns),
+            ..TrainStats::default()
+        };
+        let outcome = self
+            .update_critic(&data, &mut stats)
+            .and_then(|()| self.update_policy(&data, &mut stats));
+        if let Err(reason) = outcome {
+            tracing::warn!(step = self.step, %reason, "step rejected, weights left unchanged");
+            (
+                self.policy,
+                self.critic,
+                self.policy_optim,
+                self.critic_optim,
+            ) = snapshot;
+            stats.rejected = Some(reason);
+        }
+        self.step += 1;
+        stats
+    }
+
+    /// Values, reference log-probs, rewards and advantages of the batch.
+    fn prepare(&self, trajectories: &[Trajectory]) -> StepData {
+        let c = &self.config;
+        let sequences: Vec<SequenceRef> = trajectories
+            .iter()
+            .map(|t| SequenceRef {
+                prompt: t.prompt_ids.clone(),
+                response: t.response_ids.clone(),
+            })
+            .collect();
+        let lengths: Vec<usize> = sequences.iter().map(|s| s.response.len()).collect();
+        let behaviour_logprobs: Vec<Vec<f32>> = trajectories
+            .iter()
+            .map(|t| t.behaviour_logprobs.clone())
+            .collect();
+        let old_logprobs = if c.actor.tis_cap > 0.0 {
+            let policy = self.policy.valid();
+            per_sample(&sequences, c.actor.micro_batch_tokens, |batch| {
+                response_logprobs(&policy, batch, false).0
+            })
+        } else {
+            behaviour_logprobs.clone()
+        };
+        let scores: Vec<f32> = trajectories
+            .iter()
+            .map(|t| t.reward.unwrap_or(0.0))
+            .collect();
+        let groups: Vec<usize> = trajectories.iter().map(|t| t.group).collect();
+
+        let old_values = self.critic.as_ref().map(|critic| {
+            let critic = critic.valid();
+            per_sample(&sequences, c.critic.micro_batch_tokens, |batch| {
+                response_values(&critic, batch)
+            })
+        });
+        let ref_logprobs = self.reference.as_ref().map(|reference| {
+            per_sample(&sequences, c.actor.micro_batch_tokens, |batch| {
+                response_logprobs(reference, batch, false).0
+            })
+        });
+
+        let kl_in_reward = match (&ref_logprobs, c.algorithm.use_kl_in_reward) {
+            (Some(reference), true) => Some(
+                old_logprobs
+                    .iter()
+                    .zip(reference)
+                    .map(|(lp, rp)| kl_penalty_host(lp, rp, c.algorithm.kl_penalty))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        let token_rewards = advantage::token_rewards(
+            &scores,
+            &lengths,
+            kl_in_reward
+                .as_ref()
+                .map(|kl| (kl.as_slice(), c.algorithm.kl_coef)),
+        );
+        let (advantages, returns) = match c.algorithm.advantage {
+            AdvantageEstimator::Gae => {
+                let values = old_values.as_ref().expect("GAE runs with a critic");
+                let (mut adv, ret) = advantage::gae(
+                    &token_rewards,
+                    values,
+                    c.algorithm.gamma,
+                    c.algorithm.lambda,
+                );
+                advantage::whiten(&mut adv, true);
+                (adv, ret)
+            }
+            AdvantageEstimator::Grpo => advantage::grpo(
+                &scores,
+                &groups,
+                &lengths,
+                c.algorithm.norm_adv_by_std_in_grpo,
+                1e-6,
+            ),
+            AdvantageEstimator::DrGrpo => advantage::dr_grpo(&scores, &groups, &lengths),
+            AdvantageEstimator::Rloo => advantage::rloo(&scores, &groups, &lengths),
+            AdvantageEstimator::ReinforcePlusPlus => {
+                advantage::reinforce_plus_plus(&token_rewards, c.algorithm.gamma)
+            }
+            AdvantageEstimator::ReinforcePlusPlusBaseline => {
+                advantage::reinforce_plus_plus_baseline(&scores, &groups, &lengths)
+            }
+        };
+        StepData {
+            sequences,
+            behaviour_logprobs,
+            old_logprobs,
+            old_values,
+            ref_logprobs,
+            advantages,
+            returns,
+        }
+    }
+
+    /// Mini-batches of sample indices: `ppo_mini_batch_size` prompts (all their samples) each.
+    fn mini_batches(&self, samples: usize) -> Vec<Vec<usize>> {
+        let per = self.config.actor.ppo_mini_batch_size * self.config.rollout.n;
+        (0..samples)
+            .collect::<Vec<_>>()
+            .chunks(per.max(1))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// Micro-batches of a mini-batch: sorted by length, split within the token budget.
+    fn micro_batches(data: &StepData, mini: &[usize], budget: usize) -> Vec<Vec<usize>> {
+        let mut order = mini.to_vec();
+        let total = |i: &usize| data.sequences[*i].prompt.len() + data.sequences[*i].response.len();
+        order.sort_by_key(total);
+        let lengths: Vec<usize> = order.iter().map(total).collect();
+        split_by_tokens(&lengths, budget)
+            .into_iter()
+            .map(|r| order[r].to_vec())
+            .collect()
+    }
+
+    /// Denominators of a whole mini-batch, shared by its micro-batches (verl's counting:
+    /// empty responses are not sequences).
+    fn scale(&self, data: &StepData, mini: &[usize], mode: LossAggregation) -> AggregationScale {
+        let lengths: Vec<usize> = mini
+            .iter()
+            .map(|&i| data.sequences[i].response.len())
+            .collect();
+        AggregationScale::from_lengths(mode, &lengths, self.config.data.max_response_length as f32)
+    }
+
+    fn update_policy(&mut self, data: &StepData, stats: &mut TrainStats) -> Result<(), String> {
+        let c = self.config.actor.clone();
+        let device = self.device();
+        let loss_config = PolicyLossConfig {
+            clip_low: c.clip_ratio_low,
+            clip_high: c.clip_ratio_high,
+            clip_ratio_c: (c.clip_ratio_c > 0.0).then_some(c.clip_ratio_c),
+        };
+        let lr = scheduled_lr(c.optim.lr, &c.optim.schedule, self.step, self.total_steps);
+        stats.lr = lr;
+        let (mut loss_sum, mut clipped, mut dual, mut kl_sum, mut tokens) =
+            (0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut entropy_sum, mut ref_kl_sum) = (0.0, 0.0);
+        let mut grad_norms = Vec::new();
+        for _epoch in 0..c.ppo_epochs {
+            for mini in self.mini_batches(data.sequences.len()) {
+                let scale = self.scale(data, &mini, c.loss_agg_mode);
+                let mut accumulator = GradientsAccumulator::<Model<A>>::new();
+                for micro in Self::micro_batches(data, &mini, c.micro_batch_tokens) {
+                    let batch = sequence_batch(data, &micro);
+                    let rows = |v: &Vec<Vec<f32>>| -> Tensor<A, 2> {
+                        let refs: Vec<&[f32]> = micro.iter().map(|&i| v[i].as_slice()).collect();
+                        batch.pad(&refs, &device)
+                    };
+                    let mask = batch.mask::<A>(&device);
+                    let (logprobs, entropy) = response_logprobs(&self.policy, &batch, true);
+                    let entropy = entropy.expect("asked for");
+                    let old = rows(&data.old_logprobs);
+                    let is_weights = (c.tis_cap > 0.0).then(|| {
+                        truncated_is_weights(old.clone(), rows(&data.behaviour_logprobs), c.tis_cap)
+                    });
+                    let (mut loss, metrics) = policy_loss(
+                        logprobs.clone(),
+                        old,
+                        rows(&data.advantages),
+                        mask.clone(),
+                        &loss_config,
+                        is_weights,
+                        &scale,
+                    );
+                    let entropy_agg = aggregate(entropy.clone(), mask.clone(), &scale);
+                    entropy_sum += masked_sum(entropy.detach(), mask.clone());
+                    if c.entropy_coeff != 0.0 {
+                        loss = loss.sub(entropy_agg.mul_scalar(c.entropy_coeff));
+                    }
+                    if let Some(reference) = &data.ref_logprobs {
+                        let kl = kl_penalty(logprobs, rows(reference), c.kl_loss_type);
+                        ref_kl_sum += masked_sum(kl.clone().detach(), mask.clone());
+                        if c.use_kl_loss {
+                            loss = loss.add(
+                                aggregate(kl, mask.clone(), &scale).mul_scalar(c.kl_loss_coef),
+                            );
+                        }
+                    }
+                    let value = loss.clone().into_scalar().elem::<f64>();
+                    if !value.is_finite() {
+                        return Err(format!("policy loss is {value} at step {}", self.step));
+                    }
+                    loss_sum += value;
+                    clipped += metrics.clipped_tokens as f64;
+                    dual += metrics.dual_clipped_tokens as f64;
+                    kl_sum += metrics.approx_kl_sum as f64;
+                    tokens += metrics.tokens as f64;
+                    let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
+                    accumulator.accumulate(&self.policy, grads);
+                }
+                let grads = accumulator.grads();
+                let norm = AdamW::<A::InnerBackend>::grad_norm(&self.policy, &grads);
+                if !norm.is_finite() {
+                    return Err(format!(
+                        "policy gradient norm is {norm} at step {}",
+                        self.step
+                    ));
+                }
+                grad_norms.push(norm);
+                let policy = self.policy.clone();
+                self.policy = self.policy_optim.update(policy, grads, lr, norm);
+                stats.updates += 1;
+            }
+        }
+        let updates = stats.updates.max(1) as f64;
+        let tokens = tokens.max(1.0);
+        stats.policy_loss = loss_sum / updates;
+        stats.clip_frac = clipped / tokens;
+        stats.dual_clip_frac = dual / tokens;
+        stats.approx_kl = kl_sum / tokens;
+        stats.entropy = entropy_sum / tokens;
+        stats.kl_to_reference = data.ref_logprobs.as_ref().map(|_| ref_kl_sum / tokens);
+        stats.grad_norm = grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64;
+        Ok(())
+    }
+
+    fn update_critic(&mut self, data: &StepData, stats: &mut TrainStats) -> Result<(), String> {
+        let (Some(mut critic), Some(old_values)) = (self.critic.take(), data.old_values.as_ref())
+        else {
+            return Ok(());
+        };
+        let c = self.config.critic.clone();
+        let device = self.device();
+        let lr = scheduled_lr(c.optim.lr, &c.optim.schedule, self.step, self.total_steps);
+        let (mut loss_sum, mut clipped, mut tokens, mut updates) = (0.0, 0.0, 0.0, 0usize);
+        let mut grad_norms = Vec::new();
+        let result = (|| {
+            for _epoch in 0..c.ppo_epochs {
+                for mini in self.mini_batches(data.sequences.len()) {
+                    let scale = self.scale(data, &mini, c.loss_agg_mode);
+                    let mut accumulator = GradientsAccumulator::<Model<A>>::new();
+                    for micro in Self::micro_batches(data, &mini, c.micro_batch_tokens) {
+                        let batch = sequence_batch(data, &micro);
+                        let rows = |v: &Vec<Vec<f32>>| -> Tensor<A, 2> {
+                            let refs: Vec<&[f32]> =
+                                micro.iter().map(|&i| v[i].as_slice()).collect();
+                            batch.pad(&refs, &device)
+                        };
+                        let values = response_values(&critic, &batch);
+                        let (loss, metrics) = value_loss(
+                            values,
+                            rows(old_values),
+                            rows(&data.returns),
+                            batch.mask(&device),
+                            c.cliprange_value,
+                            &scale,
+                        );
+                        let value = loss.clone().into_scalar().elem::<f64>();
+                        if !value.is_finite() {
+                            return Err(format!("value loss is {value} at step {}", self.step));
+                        }
+                        loss_sum += value;
+                        clipped += metrics.clipped_tokens as f64;
+                        tokens += metrics.tokens as f64;
+                        let grads = GradientsParams::from_grads(loss.backward(), &critic);
+                        accumulator.accumulate(&critic, grads);
+                    }
+                    let grads = accumulator.grads();
+                    let norm = AdamW::<A::InnerBackend>::grad_norm(&critic, &grads);
+                    if !norm.is_finite() {
+                        return Err(format!(
+                            "critic gradient norm is {norm} at step {}",
+                            self.step
+                        ));
+                    }
+                    grad_norms.push(norm);
+                    critic = self.critic_optim.update(critic.clone(), grads, lr, norm);
+                    updates += 1;
+                }
+            }
+            Ok(())
+        })();
+        self.critic = Some(critic);
+        result?;
+        stats.value_loss = Some(loss_sum / updates.max(1) as f64);
+        stats.value_clip_frac = Some(clipped / tokens.max(1.0));
+        stats.critic_grad_norm =
+            Some(grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64);
+        stats.critic_lr = Some(lr);
+        Ok(())
+    }
+}
+
+fn sequence_batch(data: &StepData, indices: &[usize]) -> SequenceBatch {
+    let prompts: Vec<&[u32]> = indices
+        .iter()
+        .map(|&i| data.sequences[i].prompt.as_slice())
+        .collect();
+    let responses: Vec<&[u32]> = indices
+        .iter()
+        .map(|&i| data.sequences[i].response.as_slice())
+        .collect();
+    SequenceBatch::new(&prompts, &responses)
+}
+
+/// Runs a per-token computation over all samples in token-budgeted batches (no gradients) and
+/// returns each sample's values, unpadded.
+fn per_sample<B: Backend>(
+    sequences: &[SequenceRef],
+    budget: usize,
+    mut compute: impl FnMut(&SequenceBatch) -> Tensor<B, 2>,
+) -> Vec<Vec<f32>> {
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    let total = |i: &usize| sequences[*i].prompt.len() + sequences[*i].response.len();
+    order.sort_by_key(total);
+    let lengths: Vec<usize> = order.iter().map(total).collect();
+    let mut out = vec![Vec::new(); sequences.len()];
+    for range in split_by_tokens(&lengths, budget) {
+        let indices = &order[range];
+        let prompts: Vec<&[u32]> = indices
+            .iter()
+            .map(|&i| sequences[i].prompt.as_slice())
+            .collect();
+        let responses: Vec<&[u32]> = indices
+            .iter()
+            .map(|&i| sequences[i].response.as_slice())
+            .collect();
+        let batch = SequenceBatch::new(&prompts, &responses);
+        let width = batch.max_response();
+        let values = to_f32_vec(compute(&batch));
+        for (k, &i) in indices.iter().enumerate() {
+            let len = sequences[i].response.len();
+            out[i] = values[k * width..k * width + len].to_vec();
+        }
+    }
+    out
+}
+
+fn masked_sum<B: Backend>(values: Tensor<B, 2>, mask: Tensor<B, 2>) -> f64 {
+    values.mul(mask).sum().into_scalar().elem::<f64>()
+}
+
+fn mean_over_tokens(rows: &[Vec<f32>]) -> f64 {
+    let count: usize = rows.iter().map(Vec::len).sum();
+    let sum: f64 = rows.iter().flatten().map(|&v| v as f64).sum();
+    sum / count.max(1) as f64
+}

@@ -1,0 +1,188 @@
+//! Prompt + response sequences as the learner sees them: right-padded batches, and the
+//! per-response-token quantities the losses need (log-probabilities, entropies, values).
+//!
+//! Token `j` of a response that starts at position `p` is predicted by the hidden state at
+//! `p + j - 1`; its value (the critic's estimate before emitting it) is read at the same
+//! state, as verl does. Only those states go through the vocabulary head, so the
+//! `[tokens, vocab]` logits are never built for prompt positions.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use grlo_model::{Model, TokenBatch};
+
+use crate::loss::entropy_from_logits;
+
+/// A micro-batch of sequences: each row is a prompt followed by its response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SequenceBatch {
+    pub rows: Vec<Vec<u32>>,
+    pub prompt_lens: Vec<usize>,
+    pub response_lens: Vec<usize>,
+}
+
+impl SequenceBatch {
+    pub fn new(prompts: &[&[u32]], responses: &[&[u32]]) -> Self {
+        let rows = prompts
+            .iter()
+            .zip(responses)
+            .map(|(p, r)| p.iter().chain(r.iter()).copied().collect())
+            .collect();
+        SequenceBatch {
+            rows,
+            prompt_lens: prompts.iter().map(|p| p.len()).collect(),
+            response_lens: responses.iter().map(|r| r.len()).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The longest response (the width of every per-token tensor).
+    pub fn max_response(&self) -> usize {
+        self.response_lens.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Tokens the forward pass covers (rows padded to the longest).
+    pub fn padded_tokens(&self) -> usize {
+        self.rows.len() * self.rows.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// `[batch, max_response]` mask: 1 for response tokens, 0 for padding.
+    pub fn mask<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        let width = self.max_response();
+        let values: Vec<f32> = self
+            .response_lens
+            .iter()
+            .flat_map(|&len| (0..width).map(move |j| if j < len { 1.0 } else { 0.0 }))
+            .collect();
+        Tensor::from_data(TensorData::new(values, [self.len(), width]), device)
+    }
+
+    /// Row-padded per-token values (`[batch, max_response]`, 0 in padding).
+    pub fn pad<B: Backend>(&self, rows: &[&[f32]], device: &B::Device) -> Tensor<B, 2> {
+        let width = self.max_response();
+        let mut values = Vec::with_capacity(self.len() * width);
+        for row in rows {
+            values.extend_from_slice(&row[..row.len().min(width)]);
+            values.extend(std::iter::repeat_n(0.0, width - row.len().min(width)));
+        }
+        Tensor::from_data(TensorData::new(values, [self.len(), width]), device)
+    }
+
+    /// Indices into the `[batch * seq]` hidden states of the state that predicts each response
+    /// token (padding slots point at row 0), and the response token ids themselves.
+    fn response_states(&self, seq: usize) -> (Vec<i64>, Vec<i64>) {
+        let width = self.max_response();
+        let mut states = Vec::with_capacity(self.len() * width);
+        let mut targets = Vec::with_capacity(self.len() * width);
+        for (row, (&prompt, &response)) in
+            self.prompt_lens.iter().zip(&self.response_lens).enumerate()
+        {
+            for j in 0..width {
+                if j < response {
+                    states.push((row * seq + prompt + j - 1) as i64);
+                    targets.push(self.rows[row][prompt + j] as i64);
+                } else {
+                    states.push(0);
+                    targets.push(0);
+                }
+            }
+        }
+        (states, targets)
+    }
+
+    fn forward_states<B: Backend>(&self, model: &Model<B>) -> Tensor<B, 2> {
+        let pad = model.config.pad_token_id.unwrap_or(0);
+        let batch = TokenBatch::right_padded(&self.rows, pad);
+        let hidden = model.forward_hidden(&batch, None); // [batch * seq, hidden]
+        let (states, _) = self.response_states(batch.seq);
+        let n = states.len();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(states, [n]), &hidden.device());
+        hidden.select(0, index) // [batch * width, hidden]
+    }
+}
+
+/// Log-probabilities of the response tokens under `policy`, `[batch, max_response]` (0 in
+/// padding), and optionally the entropy of the predictive distribution at each.
+pub fn response_logprobs<B: Backend>(
+    policy: &Model<B>,
+    batch: &SequenceBatch,
+    with_entropy: bool,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let width = batch.max_response();
+    let rows = batch.len();
+    let device = policy.device();
+    let states = batch.forward_states(policy); // [rows * width, hidden]
+    let logits = policy.lm_logits(states); // [rows * width, vocab]
+    let entropy = with_entropy.then(|| entropy_from_logits(logits.clone()).reshape([rows, width]));
+    let seq = batch.rows.iter().map(Vec::len).max().unwrap_or(0);
+    let (_, targets) = batch.response_states(seq);
+    let targets =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows * width, 1]), &device);
+    let logprobs = log_softmax(logits, 1)
+        .gather(1, targets)
+        .reshape([rows, width]);
+    (logprobs, entropy)
+}
+
+/// The critic's value at each response token, `[batch, max_response]`.
+pub fn response_values<B: Backend>(critic: &Model<B>, batch: &SequenceBatch) -> Tensor<B, 2> {
+    let width = batch.max_response();
+    let states = batch.forward_states(critic); // [rows * width, hidden]
+    critic
+        .score_head(states)
+        .expect("the critic has a value head")
+        .reshape([batch.len(), width])
+}
+
+/// Splits items (by their token counts) into consecutive groups whose padded size
+/// (`count × longest`) stays within `budget` tokens; an item larger than the budget gets a
+/// group of its own.
+pub fn split_by_tokens(lengths: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut longest = 0;
+    for (i, &len) in lengths.iter().enumerate() {
+        let candidate = longest.max(len);
+        if i > start && candidate * (i - start + 1) > budget {
+            groups.push(start..i);
+            start = i;
+            longest = len;
+        } else {
+            longest = candidate;
+        }
+    }
+    if start < lengths.len() {
+        groups.push(start..lengths.len());
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_budget_groups_pad_only_to_their_longest() {
+        assert_eq!(split_by_tokens(&[4, 4, 4, 4], 8), vec![0..2, 2..4]);
+        assert_eq!(split_by_tokens(&[2, 10, 2], 8), vec![0..1, 1..2, 2..3]);
+        assert_eq!(split_by_tokens(&[3, 3, 3], 100), vec![0..3]);
+        assert!(split_by_tokens(&[], 8).is_empty());
+    }
+
+    #[test]
+    fn response_states_point_at_the_previous_position() {
+        let batch = SequenceBatch::new(&[&[1, 2, 3], &[4]], &[&[5, 6], &[7, 8, 9]]);
+        let seq = 5; // rows are 5 and 4 long
+        let (states, targets) = batch.response_states(seq);
+        // row 0: prompt 3 → states 2, 3, padding; row 1: prompt 1 → states 5, 6, 7
+        assert_eq!(states, vec![2, 3, 0, 5, 6, 7]);
+        assert_eq!(targets, vec![5, 6, 0, 7, 8, 9]);
+    }
+}
