@@ -18,8 +18,8 @@ use serde::Serialize;
 use crate::advantage::{self, AdvantageEstimator};
 use crate::config::TrainConfig;
 use crate::loss::{
-    AggregationScale, LossAggregation, PolicyLossConfig, aggregate, kl_penalty, kl_penalty_host,
-    policy_loss, truncated_is_weights, value_loss,
+    AggregationScale, LossAggregation, PolicyLossConfig, PolicyLossMetrics, ValueLossMetrics,
+    aggregate, kl_penalty, kl_penalty_host, policy_loss, truncated_is_weights, value_loss,
 };
 use crate::optim::{AdamW, scheduled_lr};
 use crate::sequences::{SequenceBatch, response_logprobs, response_values, split_by_tokens};
@@ -214,38 +214,6 @@ impl<A: AutodiffBackend> Learner<A> {
         }
     }
 
-    /// Mini-batches of sample indices: `ppo_mini_batch_size` prompts (all their samples) each.
-    fn mini_batches(&self, samples: usize) -> Vec<Vec<usize>> {
-        let per = self.config.actor.ppo_mini_batch_size * self.config.rollout.n;
-        (0..samples)
-            .collect::<Vec<_>>()
-            .chunks(per.max(1))
-            .map(<[usize]>::to_vec)
-            .collect()
-    }
-
-    /// Micro-batches of a mini-batch: sorted by length, split within the token budget.
-    fn micro_batches(data: &StepData, mini: &[usize], budget: usize) -> Vec<Vec<usize>> {
-        let mut order = mini.to_vec();
-        let total = |i: &usize| data.sequences[*i].prompt.len() + data.sequences[*i].response.len();
-        order.sort_by_key(total);
-        let lengths: Vec<usize> = order.iter().map(total).collect();
-        split_by_tokens(&lengths, budget)
-            .into_iter()
-            .map(|r| order[r].to_vec())
-            .collect()
-    }
-
-    /// Denominators of a whole mini-batch, shared by its micro-batches (verl's counting:
-    /// empty responses are not sequences).
-    fn scale(&self, data: &StepData, mini: &[usize], mode: LossAggregation) -> AggregationScale {
-        let lengths: Vec<usize> = mini
-            .iter()
-            .map(|&i| data.sequences[i].response.len())
-            .collect();
-        AggregationScale::from_lengths(mode, &lengths, self.config.data.max_response_length as f32)
-    }
-
     fn update_policy(&mut self, data: &StepData, stats: &mut TrainStats) -> Result<(), String> {
         let c = self.config.actor.clone();
         let device = self.device();
@@ -255,154 +223,209 @@ impl<A: AutodiffBackend> Learner<A> {
             clip_ratio_c: (c.clip_ratio_c > 0.0).then_some(c.clip_ratio_c),
         };
         let lr = scheduled_lr(c.optim.lr, &c.optim.schedule, self.step, self.total_steps);
-        stats.lr = lr;
-        let (mut loss_sum, mut clipped, mut dual, mut kl_sum, mut tokens) =
-            (0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut metrics = PolicyLossMetrics::default();
         let (mut entropy_sum, mut ref_kl_sum) = (0.0, 0.0);
-        let mut grad_norms = Vec::new();
-        for _epoch in 0..c.ppo_epochs {
-            for mini in self.mini_batches(data.sequences.len()) {
-                let scale = self.scale(data, &mini, c.loss_agg_mode);
-                let mut accumulator = GradientsAccumulator::<Model<A>>::new();
-                for micro in Self::micro_batches(data, &mini, c.micro_batch_tokens) {
-                    let batch = sequence_batch(data, &micro);
-                    let rows = |v: &Vec<Vec<f32>>| -> Tensor<A, 2> {
-                        let refs: Vec<&[f32]> = micro.iter().map(|&i| v[i].as_slice()).collect();
-                        batch.pad(&refs, &device)
-                    };
-                    let mask = batch.mask::<A>(&device);
-                    let (logprobs, entropy) = response_logprobs(&self.policy, &batch, true);
-                    let entropy = entropy.expect("asked for");
-                    let old = rows(&data.old_logprobs);
-                    let is_weights = (c.tis_cap > 0.0).then(|| {
-                        truncated_is_weights(old.clone(), rows(&data.behaviour_logprobs), c.tis_cap)
-                    });
-                    let (mut loss, metrics) = policy_loss(
-                        logprobs.clone(),
-                        old,
-                        rows(&data.advantages),
-                        mask.clone(),
-                        &loss_config,
-                        is_weights,
-                        &scale,
-                    );
-                    let entropy_agg = aggregate(entropy.clone(), mask.clone(), &scale);
-                    entropy_sum += masked_sum(entropy.detach(), mask.clone());
-                    if c.entropy_coeff != 0.0 {
-                        loss = loss.sub(entropy_agg.mul_scalar(c.entropy_coeff));
-                    }
-                    if let Some(reference) = &data.ref_logprobs {
-                        let kl = kl_penalty(logprobs, rows(reference), c.kl_loss_type);
-                        ref_kl_sum += masked_sum(kl.clone().detach(), mask.clone());
-                        if c.use_kl_loss {
-                            loss = loss.add(
-                                aggregate(kl, mask.clone(), &scale).mul_scalar(c.kl_loss_coef),
-                            );
-                        }
-                    }
-                    let value = loss.clone().into_scalar().elem::<f64>();
-                    if !value.is_finite() {
-                        return Err(format!("policy loss is {value} at step {}", self.step));
-                    }
-                    loss_sum += value;
-                    clipped += metrics.clipped_tokens as f64;
-                    dual += metrics.dual_clipped_tokens as f64;
-                    kl_sum += metrics.approx_kl_sum as f64;
-                    tokens += metrics.tokens as f64;
-                    let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
-                    accumulator.accumulate(&self.policy, grads);
+        let plan = UpdatePlan {
+            epochs: c.ppo_epochs,
+            mini_batch: self.config.actor.ppo_mini_batch_size * self.config.rollout.n,
+            micro_batch_tokens: c.micro_batch_tokens,
+            mode: c.loss_agg_mode,
+            norm_length: self.config.data.max_response_length as f32,
+            lr,
+            what: "policy",
+            step: self.step,
+        };
+        let policy = self.policy.clone();
+        let (policy, grad_norms, loss_sum) = plan.run(
+            policy,
+            &mut self.policy_optim,
+            data,
+            |policy, batch, micro, scale| {
+                let rows = |v: &Vec<Vec<f32>>| pad_rows(batch, micro, v, &device);
+                let mask = batch.mask::<A>(&device);
+                let (logprobs, entropy) = response_logprobs(policy, batch, true);
+                let entropy = entropy.expect("asked for");
+                let old = rows(&data.old_logprobs);
+                let is_weights = (c.tis_cap > 0.0).then(|| {
+                    truncated_is_weights(old.clone(), rows(&data.behaviour_logprobs), c.tis_cap)
+                });
+                let (mut loss, micro_metrics) = policy_loss(
+                    logprobs.clone(),
+                    old,
+                    rows(&data.advantages),
+                    mask.clone(),
+                    &loss_config,
+                    is_weights,
+                    scale,
+                );
+                metrics += micro_metrics;
+                entropy_sum += masked_sum(entropy.clone().detach(), mask.clone());
+                if c.entropy_coeff != 0.0 {
+                    loss = loss
+                        .sub(aggregate(entropy, mask.clone(), scale).mul_scalar(c.entropy_coeff));
                 }
-                let grads = accumulator.grads();
-                let norm = AdamW::<A::InnerBackend>::grad_norm(&self.policy, &grads);
-                if !norm.is_finite() {
-                    return Err(format!(
-                        "policy gradient norm is {norm} at step {}",
-                        self.step
-                    ));
+                if let Some(reference) = &data.ref_logprobs {
+                    let kl = kl_penalty(logprobs, rows(reference), c.kl_loss_type);
+                    ref_kl_sum += masked_sum(kl.clone().detach(), mask.clone());
+                    if c.use_kl_loss {
+                        loss = loss.add(aggregate(kl, mask, scale).mul_scalar(c.kl_loss_coef));
+                    }
                 }
-                grad_norms.push(norm);
-                let policy = self.policy.clone();
-                self.policy = self.policy_optim.update(policy, grads, lr, norm);
-                stats.updates += 1;
-            }
-        }
-        let updates = stats.updates.max(1) as f64;
-        let tokens = tokens.max(1.0);
-        stats.policy_loss = loss_sum / updates;
-        stats.clip_frac = clipped / tokens;
-        stats.dual_clip_frac = dual / tokens;
-        stats.approx_kl = kl_sum / tokens;
+                loss
+            },
+        )?;
+        self.policy = policy;
+        let tokens = (metrics.tokens as f64).max(1.0);
+        stats.lr = lr;
+        stats.updates += grad_norms.len();
+        stats.policy_loss = loss_sum / grad_norms.len().max(1) as f64;
+        stats.clip_frac = metrics.clipped_tokens as f64 / tokens;
+        stats.dual_clip_frac = metrics.dual_clipped_tokens as f64 / tokens;
+        stats.approx_kl = metrics.approx_kl_sum as f64 / tokens;
         stats.entropy = entropy_sum / tokens;
         stats.kl_to_reference = data.ref_logprobs.as_ref().map(|_| ref_kl_sum / tokens);
-        stats.grad_norm = grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64;
+        stats.grad_norm = mean(&grad_norms);
         Ok(())
     }
 
     fn update_critic(&mut self, data: &StepData, stats: &mut TrainStats) -> Result<(), String> {
-        let (Some(mut critic), Some(old_values)) = (self.critic.take(), data.old_values.as_ref())
+        let (Some(critic), Some(old_values)) = (self.critic.clone(), data.old_values.as_ref())
         else {
             return Ok(());
         };
         let c = self.config.critic.clone();
         let device = self.device();
         let lr = scheduled_lr(c.optim.lr, &c.optim.schedule, self.step, self.total_steps);
-        let (mut loss_sum, mut clipped, mut tokens, mut updates) = (0.0, 0.0, 0.0, 0usize);
-        let mut grad_norms = Vec::new();
-        let result = (|| {
-            for _epoch in 0..c.ppo_epochs {
-                for mini in self.mini_batches(data.sequences.len()) {
-                    let scale = self.scale(data, &mini, c.loss_agg_mode);
-                    let mut accumulator = GradientsAccumulator::<Model<A>>::new();
-                    for micro in Self::micro_batches(data, &mini, c.micro_batch_tokens) {
-                        let batch = sequence_batch(data, &micro);
-                        let rows = |v: &Vec<Vec<f32>>| -> Tensor<A, 2> {
-                            let refs: Vec<&[f32]> =
-                                micro.iter().map(|&i| v[i].as_slice()).collect();
-                            batch.pad(&refs, &device)
-                        };
-                        let values = response_values(&critic, &batch);
-                        let (loss, metrics) = value_loss(
-                            values,
-                            rows(old_values),
-                            rows(&data.returns),
-                            batch.mask(&device),
-                            c.cliprange_value,
-                            &scale,
-                        );
-                        let value = loss.clone().into_scalar().elem::<f64>();
-                        if !value.is_finite() {
-                            return Err(format!("value loss is {value} at step {}", self.step));
-                        }
-                        loss_sum += value;
-                        clipped += metrics.clipped_tokens as f64;
-                        tokens += metrics.tokens as f64;
-                        let grads = GradientsParams::from_grads(loss.backward(), &critic);
-                        accumulator.accumulate(&critic, grads);
-                    }
-                    let grads = accumulator.grads();
-                    let norm = AdamW::<A::InnerBackend>::grad_norm(&critic, &grads);
-                    if !norm.is_finite() {
-                        return Err(format!(
-                            "critic gradient norm is {norm} at step {}",
-                            self.step
-                        ));
-                    }
-                    grad_norms.push(norm);
-                    critic = self.critic_optim.update(critic.clone(), grads, lr, norm);
-                    updates += 1;
-                }
-            }
-            Ok(())
-        })();
+        let mut metrics = ValueLossMetrics::default();
+        let plan = UpdatePlan {
+            epochs: c.ppo_epochs,
+            mini_batch: self.config.actor.ppo_mini_batch_size * self.config.rollout.n,
+            micro_batch_tokens: c.micro_batch_tokens,
+            mode: c.loss_agg_mode,
+            norm_length: self.config.data.max_response_length as f32,
+            lr,
+            what: "critic",
+            step: self.step,
+        };
+        let (critic, grad_norms, loss_sum) = plan.run(
+            critic,
+            &mut self.critic_optim,
+            data,
+            |critic, batch, micro, scale| {
+                let rows = |v: &Vec<Vec<f32>>| pad_rows(batch, micro, v, &device);
+                let (loss, micro_metrics) = value_loss(
+                    response_values(critic, batch),
+                    rows(old_values),
+                    rows(&data.returns),
+                    batch.mask(&device),
+                    c.cliprange_value,
+                    scale,
+                );
+                metrics += micro_metrics;
+                loss
+            },
+        )?;
         self.critic = Some(critic);
-        result?;
-        stats.value_loss = Some(loss_sum / updates.max(1) as f64);
-        stats.value_clip_frac = Some(clipped / tokens.max(1.0));
-        stats.critic_grad_norm =
-            Some(grad_norms.iter().sum::<f64>() / grad_norms.len().max(1) as f64);
+        stats.value_loss = Some(loss_sum / grad_norms.len().max(1) as f64);
+        stats.value_clip_frac =
+            Some(metrics.clipped_tokens as f64 / (metrics.tokens as f64).max(1.0));
+        stats.critic_grad_norm = Some(mean(&grad_norms));
         stats.critic_lr = Some(lr);
         Ok(())
     }
+}
+
+/// How a model is updated on a step's samples: `epochs` passes in mini-batches of
+/// `mini_batch` samples (one optimizer update each), every mini-batch split into micro-batches
+/// within `micro_batch_tokens` whose gradients accumulate.
+struct UpdatePlan {
+    epochs: usize,
+    mini_batch: usize,
+    micro_batch_tokens: usize,
+    mode: LossAggregation,
+    norm_length: f32,
+    lr: f64,
+    what: &'static str,
+    step: usize,
+}
+
+impl UpdatePlan {
+    /// Runs the updates; `loss_of` gives a micro-batch's loss (scaled for its whole mini-batch).
+    /// Returns the updated model, the gradient norm of every update and the sum of the
+    /// micro-batch losses, or why the step is rejected (a non-finite loss or gradient).
+    fn run<A: AutodiffBackend>(
+        &self,
+        mut model: Model<A>,
+        optim: &mut AdamW<A::InnerBackend>,
+        data: &StepData,
+        mut loss_of: impl FnMut(&Model<A>, &SequenceBatch, &[usize], &AggregationScale) -> Tensor<A, 1>,
+    ) -> Result<(Model<A>, Vec<f64>, f64), String> {
+        let (mut grad_norms, mut loss_sum) = (Vec::new(), 0.0);
+        let samples: Vec<usize> = (0..data.sequences.len()).collect();
+        for _epoch in 0..self.epochs {
+            for mini in samples.chunks(self.mini_batch.max(1)) {
+                let lengths: Vec<usize> = mini
+                    .iter()
+                    .map(|&i| data.sequences[i].response.len())
+                    .collect();
+                // Denominators of the whole mini-batch, shared by its micro-batches.
+                let scale = AggregationScale::from_lengths(self.mode, &lengths, self.norm_length);
+                let mut accumulator = GradientsAccumulator::<Model<A>>::new();
+                for micro in micro_batches(data, mini, self.micro_batch_tokens) {
+                    let batch = sequence_batch(data, &micro);
+                    let loss = loss_of(&model, &batch, &micro, &scale);
+                    let value = loss.clone().into_scalar().elem::<f64>();
+                    if !value.is_finite() {
+                        return Err(format!(
+                            "{} loss is {value} at step {}",
+                            self.what, self.step
+                        ));
+                    }
+                    loss_sum += value;
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    accumulator.accumulate(&model, grads);
+                }
+                let grads = accumulator.grads();
+                let norm = AdamW::<A::InnerBackend>::grad_norm(&model, &grads);
+                if !norm.is_finite() {
+                    return Err(format!(
+                        "{} gradient norm is {norm} at step {}",
+                        self.what, self.step
+                    ));
+                }
+                grad_norms.push(norm);
+                model = optim.update(model, grads, self.lr, norm);
+            }
+        }
+        Ok((model, grad_norms, loss_sum))
+    }
+}
+
+/// Micro-batches of a mini-batch: sorted by length, split within the token budget.
+fn micro_batches(data: &StepData, mini: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut order = mini.to_vec();
+    let total = |i: &usize| data.sequences[*i].prompt.len() + data.sequences[*i].response.len();
+    order.sort_by_key(total);
+    let lengths: Vec<usize> = order.iter().map(total).collect();
+    split_by_tokens(&lengths, budget)
+        .into_iter()
+        .map(|r| order[r].to_vec())
+        .collect()
+}
+
+/// Per-token values of the samples of a micro-batch, padded to `[rows, max_response]`.
+fn pad_rows<B: Backend>(
+    batch: &SequenceBatch,
+    micro: &[usize],
+    values: &[Vec<f32>],
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let rows: Vec<&[f32]> = micro.iter().map(|&i| values[i].as_slice()).collect();
+    batch.pad(&rows, device)
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
 fn sequence_batch(data: &StepData, indices: &[usize]) -> SequenceBatch {

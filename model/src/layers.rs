@@ -96,21 +96,21 @@ pub struct LayerCache<B: Backend> {
 
 /// What each query may attend to in one forward pass, prepared once and shared by the layers.
 ///
-/// Passes over several tokens are causal, and padding keys (left padding in generation) are
-/// hidden with a boolean mask; one-token decoding steps see every cached key except padding,
-/// hidden with an additive bias laid out exactly like the scores (Burn's CPU backends are
-/// slow at broadcasting over middle dimensions, so nothing here broadcasts).
+/// Passes over several tokens are causal. Without gradients they run the backend's fused
+/// attention, which takes padding keys (left padding in generation) as a boolean mask. With
+/// gradients (Burn's fused attention is not differentiable, and its fallback masks through a
+/// broadcast view that the CPU backend walks element by element), and for one-token decoding
+/// steps, attention is computed per kv-head group with an additive bias laid out exactly like
+/// the scores, so nothing broadcasts.
 #[derive(Clone, Debug)]
 pub struct AttentionMask<B: Backend> {
-    /// `[batch, heads, queries, keys]`, `true` where a key is padding (multi-token passes).
+    /// Whether the pass uses the backend's fused attention.
+    pub fused: bool,
+    /// `[batch, heads, queries, keys]`, `true` where a key is padding (fused passes).
     pub padding: Option<Tensor<B, 4, Bool>>,
-    /// `[batch, kv_heads, groups * queries, keys]`: the causal mask (and padding) as an additive
-    /// bias laid out like the scores, for multi-token passes that are differentiated. Burn's
-    /// fused attention is not differentiable, and its fallback masks through a broadcast view
-    /// that the CPU backend walks element by element.
-    pub causal_bias: Option<Tensor<B, 4>>,
-    /// `[batch, kv_heads, groups, keys]`: 0 or [`MASKED`] (one-token passes).
-    pub decode_bias: Option<Tensor<B, 4>>,
+    /// `[batch, kv_heads, groups * queries, keys]`: 0 or [`MASKED`], the causal mask and the
+    /// padding (grouped passes); `None` when nothing is hidden.
+    pub grouped_bias: Option<Tensor<B, 4>>,
 }
 
 impl<B: Backend> AttentionMask<B> {
@@ -125,55 +125,29 @@ impl<B: Backend> AttentionMask<B> {
         key_padding: Option<&[bool]>,
         device: &B::Device,
     ) -> Self {
-        if queries > 1 && B::ad_enabled(device) {
+        if queries > 1 && !B::ad_enabled(device) {
+            let padding = key_padding.map(|key_padding| {
+                let mut mask = Vec::with_capacity(batch * heads * queries * keys);
+                for row in key_padding.chunks(keys) {
+                    for _ in 0..heads * queries {
+                        mask.extend_from_slice(row);
+                    }
+                }
+                let shape = [batch, heads, queries, keys];
+                Tensor::from_data(TensorData::new(mask, shape), device)
+            });
             return AttentionMask {
-                padding: None,
-                causal_bias: Some(causal_bias(
-                    batch,
-                    queries,
-                    keys,
-                    heads,
-                    kv_heads,
-                    key_padding,
-                    device,
-                )),
-                decode_bias: None,
+                fused: true,
+                padding,
+                grouped_bias: None,
             };
         }
-        let Some(key_padding) = key_padding else {
-            return AttentionMask {
-                padding: None,
-                causal_bias: None,
-                decode_bias: None,
-            };
-        };
-        if queries > 1 {
-            let mut mask = Vec::with_capacity(batch * heads * queries * keys);
-            for row in key_padding.chunks(keys) {
-                for _ in 0..heads * queries {
-                    mask.extend_from_slice(row);
-                }
-            }
-            let shape = [batch, heads, queries, keys];
-            AttentionMask {
-                padding: Some(Tensor::from_data(TensorData::new(mask, shape), device)),
-                causal_bias: None,
-                decode_bias: None,
-            }
-        } else {
-            let groups = heads / kv_heads;
-            let mut bias = Vec::with_capacity(batch * heads * keys);
-            for row in key_padding.chunks(keys) {
-                for _ in 0..heads {
-                    bias.extend(row.iter().map(|&pad| if pad { MASKED } else { 0.0 }));
-                }
-            }
-            let shape = [batch, kv_heads, groups, keys];
-            AttentionMask {
-                padding: None,
-                causal_bias: None,
-                decode_bias: Some(Tensor::from_data(TensorData::new(bias, shape), device)),
-            }
+        let grouped_bias = (queries > 1 || key_padding.is_some())
+            .then(|| grouped_bias(batch, queries, keys, heads, kv_heads, key_padding, device));
+        AttentionMask {
+            fused: false,
+            padding: None,
+            grouped_bias,
         }
     }
 }
@@ -249,18 +223,9 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         let groups = h / kv;
-        let out = if let Some(bias) = &mask.causal_bias {
-            // A differentiated pass over several tokens: grouped attention with the bias.
-            let q = q.reshape([batch, kv, groups * seq, hd]);
-            let scores = q
-                .matmul(k.swap_dims(2, 3))
-                .mul_scalar((hd as f64).powf(-0.5))
-                .add(bias.clone()); // [batch, kv, groups * seq, keys]
-            let probs = softmax_last(scores);
-            probs.matmul(v).reshape([batch, h, seq, hd]) // [batch, h, seq, hd]
-        } else if seq > 1 {
-            // A causal pass over several tokens: the backend's fused attention (flash attention
-            // on CUDA and for long rows on CPU) over key and value heads repeated per group.
+        let out = if mask.fused {
+            // The backend's fused attention (flash attention on CUDA and for long rows on CPU)
+            // over key and value heads repeated per group.
             let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups)); // [batch, h, keys, hd]
             let options = AttentionModuleOptions {
                 scale: None,
@@ -269,18 +234,17 @@ impl<B: Backend> Attention<B> {
             };
             attention(q, k, v, mask.padding.clone(), None, options) // [batch, h, seq, hd]
         } else {
-            // One new token per row: the queries of the heads sharing a kv head are stacked, so
-            // the cached keys and values are used as they are, not repeated per head.
-            let q = q.reshape([batch, kv, groups, hd]);
+            // The queries of the heads sharing a kv head are stacked along the sequence, so the
+            // (cached) keys and values are used as they are, not repeated per head.
+            let q = q.reshape([batch, kv, groups * seq, hd]);
             let scores = q
                 .matmul(k.swap_dims(2, 3))
-                .mul_scalar((hd as f64).powf(-0.5)); // [batch, kv, groups, keys]
-            let scores = match &mask.decode_bias {
+                .mul_scalar((hd as f64).powf(-0.5)); // [batch, kv, groups * seq, keys]
+            let scores = match &mask.grouped_bias {
                 Some(bias) => scores.add(bias.clone()),
                 None => scores,
             };
-            let probs = softmax_last(scores);
-            probs.matmul(v).reshape([batch, h, 1, hd]) // [batch, h, 1, hd]
+            softmax_last(scores).matmul(v).reshape([batch, h, seq, hd]) // [batch, h, seq, hd]
         };
         let out = out
             .swap_dims(1, 2) // [batch, seq, h, hd]
@@ -331,9 +295,9 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         .reshape([batch, kv * groups, keys, hd])
 }
 
-/// The additive causal (and padding) bias of a multi-token pass, materialised on the device in
-/// the layout of the grouped scores `[batch, kv_heads, groups * queries, keys]`.
-fn causal_bias<B: Backend>(
+/// The additive causal (for several queries) and padding bias of a grouped pass, materialised
+/// on the device in the layout of the grouped scores `[batch, kv_heads, groups * queries, keys]`.
+fn grouped_bias<B: Backend>(
     batch: usize,
     queries: usize,
     keys: usize,
@@ -343,8 +307,12 @@ fn causal_bias<B: Backend>(
     device: &B::Device,
 ) -> Tensor<B, 4> {
     let groups = heads / kv_heads;
-    let later = Tensor::<B, 2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, device);
-    let causal = Tensor::<B, 2>::zeros([queries, keys], device).mask_fill(later, MASKED); // [q, k]
+    let mut causal = Tensor::<B, 2>::zeros([queries, keys], device); // [q, k]
+    if queries > 1 {
+        let later =
+            Tensor::<B, 2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, device);
+        causal = causal.mask_fill(later, MASKED);
+    }
     let mut bias = causal
         .reshape([1, 1, queries, keys])
         .repeat_dim(0, batch)

@@ -346,20 +346,7 @@ pub fn write_safetensors(
     dtype: StoredDtype,
     max_shard_bytes: usize,
 ) -> Result<Vec<String>> {
-    let encoded: Vec<(String, EncodedTensor)> = tensors
-        .into_iter()
-        .map(|t| {
-            let bytes = dtype.encode(&t.values);
-            (
-                t.name,
-                EncodedTensor {
-                    dtype: dtype.safetensors_dtype(),
-                    shape: t.shape,
-                    bytes,
-                },
-            )
-        })
-        .collect();
+    let encoded = encode(tensors, dtype);
     let total_size: usize = encoded.iter().map(|(_, t)| t.bytes.len()).sum();
 
     // Greedy packing in the given order, as transformers' `save_pretrained` does.
@@ -375,7 +362,6 @@ pub fn write_safetensors(
         current += size;
     }
 
-    let metadata: HashMap<String, String> = HashMap::from([("format".into(), "pt".into())]);
     let count = shards.len();
     let mut written = Vec::new();
     let mut weight_map = BTreeMap::new();
@@ -385,17 +371,12 @@ pub fn write_safetensors(
         } else {
             format!("model-{:05}-of-{:05}.safetensors", i + 1, count)
         };
-        let bytes = safetensors::serialize(
-            shard.iter().map(|(name, t)| (name.as_str(), t)),
-            Some(metadata.clone()),
-        )
-        .map_err(|e| {
-            Error::write(
-                dir.join(&file_name),
-                std::io::Error::other(format!("{e:?}")),
-            )
-        })?;
-        write_atomically(&dir.join(&file_name), &bytes)?;
+        let path = dir.join(&file_name);
+        let bytes = serialize(
+            shard.iter().map(|entry| (entry.0.as_str(), &entry.1)),
+            &path,
+        )?;
+        write_atomically(&path, &bytes)?;
         for (name, _) in shard {
             weight_map.insert(name.clone(), file_name.clone());
         }
@@ -436,27 +417,35 @@ pub fn write_safetensors_file(
     tensors: Vec<NamedTensor>,
     dtype: StoredDtype,
 ) -> Result<()> {
-    let encoded: Vec<(String, EncodedTensor)> = tensors
+    let encoded = encode(tensors, dtype);
+    let entries = encoded.iter().map(|(name, t)| (name.as_str(), t));
+    write_atomically(path, &serialize(entries, path)?)
+}
+
+/// Each tensor's values encoded in the storage dtype.
+fn encode(tensors: Vec<NamedTensor>, dtype: StoredDtype) -> Vec<(String, EncodedTensor)> {
+    tensors
         .into_iter()
         .map(|t| {
             let bytes = dtype.encode(&t.values);
-            (
-                t.name,
-                EncodedTensor {
-                    dtype: dtype.safetensors_dtype(),
-                    shape: t.shape,
-                    bytes,
-                },
-            )
+            let tensor = EncodedTensor {
+                dtype: dtype.safetensors_dtype(),
+                shape: t.shape,
+                bytes,
+            };
+            (t.name, tensor)
         })
-        .collect();
+        .collect()
+}
+
+/// The bytes of a safetensors file holding `entries`, with transformers' `format: pt` metadata.
+fn serialize<'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a EncodedTensor)>,
+    path: &Path,
+) -> Result<Vec<u8>> {
     let metadata: HashMap<String, String> = HashMap::from([("format".into(), "pt".into())]);
-    let bytes = safetensors::serialize(
-        encoded.iter().map(|(name, t)| (name.as_str(), t)),
-        Some(metadata),
-    )
-    .map_err(|e| Error::write(path, std::io::Error::other(format!("{e:?}"))))?;
-    write_atomically(path, &bytes)
+    safetensors::serialize(entries, Some(metadata))
+        .map_err(|e| Error::write(path, std::io::Error::other(format!("{e:?}"))))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a

@@ -29,6 +29,12 @@ ADVANTAGES = [[0.7, -1.2, 0.3], [1.5, 0.2, -0.4, -2.0, 0.9], [-0.8]]
 # Behaviour log-probs: the model's own, shifted so that some ratios leave the clip range.
 SHIFTS = [[0.0, 0.5, -0.05], [-0.6, 0.1, 1.4, -1.3, 0.02], [0.35]]
 CLIP, CLIP_C, LR, WEIGHT_DECAY, MAX_NORM = 0.2, 3.0, 1e-3, 0.01, 1.0
+# Adam's first step moves a weight by lr * g / (|g| + eps): with eps at 1e-8 a gradient entry that
+# float cancellation leaves near zero (|g| ~ 1e-8, its bits decided by summation order) still moves
+# its weight by a full lr, in a direction float noise decides. With eps = 1e-3 the step is nearly
+# linear in the gradient, so the comparison checks AdamW's formula (moments, bias correction, eps,
+# decoupled weight decay) and not that noise.
+EPS = 1e-3
 
 
 def response_logprobs(model):
@@ -72,7 +78,7 @@ def main():
     loss = ppo_loss(logprobs, old, advantages)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=EPS, weight_decay=WEIGHT_DECAY)
     optimizer.step()
 
     weights = {name: p.detach().contiguous() for name, p in model.named_parameters()}
@@ -87,6 +93,7 @@ def main():
         "lr": LR,
         "weight_decay": WEIGHT_DECAY,
         "max_norm": MAX_NORM,
+        "eps": EPS,
         "loss": loss.item(),
         "grad_norm": grad_norm.item(),
     }
