@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check of the model core, run on a machine with an NVIDIA GPU from the repository
-# root: CUDA against CPU parity on the fixtures, then generation and training throughput on
-# Qwen3-shaped random models beside transformers on the same GPU.
+# The GPU check, run on a machine with an NVIDIA GPU from the repository root: CUDA against CPU
+# parity on the fixtures, the tiny training job on CUDA, then generation and training
+# throughput on Qwen3-shaped random models beside transformers on the same GPU.
 #
 #   GRLO=path/to/grlo-built-with-cuda bash scripts/gpu-check.sh
 #
@@ -25,6 +25,10 @@ export LD_LIBRARY_PATH="${nvrtc_dir}:${LD_LIBRARY_PATH:-}"
 status=0
 echo "== parity: cuda against cpu =="
 python3 scripts/gpu_parity.py --grlo "$GRLO" || status=1
+
+echo "== the tiny training job on the GPU (5 steps) =="
+"$GRLO" train --set 'trainer.device="cuda"' --set trainer.total_steps=5 \
+  --set 'trainer.run_dir="/tmp/grlo-gpu-run"' 2>&1 | tail -12 || status=1
 
 echo "== throughput on the GPU, beside transformers on the same GPU =="
 "$GRLO" bench model --device cuda --configs qwen3-25m,qwen3-0.6b --rounds 3 \

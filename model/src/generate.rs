@@ -10,8 +10,8 @@ use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Model, TokenBatch, to_f32_vec};
-use crate::sampling::{SamplingParams, choose};
+use crate::model::{KvCache, Model, TokenBatch};
+use crate::sampling::{SamplingParams, choose_rows};
 
 /// What to generate for a batch of prompts.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,24 +128,27 @@ pub fn generate_seeded<B: Backend>(
         .collect();
     let logits = model.lm_logits(hidden.select(0, index_tensor::<B>(&last, &device))); // [prompts, vocab]
     let expand: Vec<usize> = (0..prompts.len() * n).map(|r| r / n).collect();
-    let mut logits = to_f32_vec(logits.select(0, index_tensor::<B>(&expand, &device))); // [rows * vocab]
+    let mut logits = logits.select(0, index_tensor::<B>(&expand, &device)); // [rows, vocab]
     if n > 1 {
         cache.select_rows(&expand);
     }
 
-    let vocab = model.config.vocab_size;
     let mut active: Vec<usize> = (0..rows.len()).collect();
     loop {
-        // Choose the next token of every active row.
+        // Choose the next token of every active row (`active` is sorted, as `rows`).
+        let choices = {
+            let mut rngs: Vec<&mut ChaCha8Rng> = rows
+                .iter_mut()
+                .enumerate()
+                .filter(|(r, _)| active.binary_search(r).is_ok())
+                .map(|(_, row)| &mut row.rng)
+                .collect();
+            choose_rows(logits, &params.sampling, &mut rngs)
+        };
         let mut still_active = Vec::with_capacity(active.len());
         let mut kept = Vec::with_capacity(active.len());
-        for (slot, &r) in active.iter().enumerate() {
+        for ((slot, &r), choice) in active.iter().enumerate().zip(choices) {
             let row = &mut rows[r];
-            let choice = choose(
-                &logits[slot * vocab..(slot + 1) * vocab],
-                &params.sampling,
-                &mut row.rng,
-            );
             let c = &mut row.completion;
             c.token_ids.push(choice.token);
             c.logprobs.push(choice.logprob);
@@ -175,7 +178,7 @@ pub fn generate_seeded<B: Backend>(
         // One decoding step for the rows still running.
         let step = decode_batch(&rows, &active, cache.len());
         let hidden = model.forward_hidden(&step, Some(&mut cache)); // [active, hidden]
-        logits = to_f32_vec(model.lm_logits(hidden));
+        logits = model.lm_logits(hidden); // [active, vocab]
         for &r in &active {
             rows[r].position += 1;
         }

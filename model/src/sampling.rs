@@ -5,9 +5,12 @@
 //! (`log_softmax(logits)`, the behaviour log-prob the learner needs) and under the
 //! distribution actually sampled from (after temperature and truncation).
 
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
+use crate::model::to_f32_vec;
 use crate::params::uniform_open;
 
 /// How to pick tokens.
@@ -73,6 +76,71 @@ pub struct Choice {
     pub logprob: f32,
     /// `log q(token)` under the distribution sampled from (0 for greedy).
     pub sampling_logprob: f32,
+}
+
+/// Picks a token for every row of `logits` (`[rows, vocab]`), row `i` drawing from `rngs[i]`.
+///
+/// Greedy choice and plain sampling (temperature only: the paper's setting) run on the device,
+/// and only three numbers per row come back to the host, which matters on a GPU with a large
+/// vocabulary; top-k and top-p truncation run on the host with [`choose`].
+pub fn choose_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    params: &SamplingParams,
+    rngs: &mut [&mut ChaCha8Rng],
+) -> Vec<Choice> {
+    let [rows, vocab] = logits.dims();
+    if params.top_k > 0 && params.top_k < vocab || params.top_p < 1.0 {
+        let values = to_f32_vec(logits);
+        return rngs
+            .iter_mut()
+            .enumerate()
+            .map(|(r, rng)| choose(&values[r * vocab..(r + 1) * vocab], params, rng))
+            .collect();
+    }
+    let device = logits.device();
+    let log_z = log_sum_exp_rows(logits.clone()); // [rows, 1]
+    let (tokens, sampling_logprobs) = if params.is_greedy() {
+        (logits.clone().argmax(1), None) // [rows, 1]
+    } else {
+        // Inverse-CDF sampling: the first token whose cumulative probability exceeds u.
+        let scaled = logits.clone().div_scalar(params.temperature); // [rows, vocab]
+        let log_probs = scaled
+            .clone()
+            .sub(log_sum_exp_rows(scaled).repeat_dim(1, vocab));
+        let cdf = log_probs.clone().exp().cumsum(1); // [rows, vocab]
+        let draws: Vec<f32> = rngs
+            .iter_mut()
+            .map(|rng| uniform_open(rng) as f32)
+            .collect();
+        let u = Tensor::<B, 2>::from_data(TensorData::new(draws, [rows, 1]), &device);
+        let below = cdf.lower(u.repeat_dim(1, vocab)).int().sum_dim(1); // [rows, 1]
+        let tokens = below.clamp_max(vocab as i64 - 1);
+        let chosen = log_probs.gather(1, tokens.clone());
+        (tokens, Some(chosen))
+    };
+    let logprobs = logits.gather(1, tokens.clone()).sub(log_z);
+    let tokens: Vec<i64> = tokens
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .expect("ids convert to i64");
+    let logprobs = to_f32_vec(logprobs);
+    let sampling = sampling_logprobs.map(to_f32_vec);
+    (0..rows)
+        .map(|r| Choice {
+            token: tokens[r] as u32,
+            logprob: logprobs[r],
+            sampling_logprob: sampling.as_ref().map_or(0.0, |s| s[r]),
+        })
+        .collect()
+}
+
+/// `log Σ exp` over each row of `[rows, n]`, stably: `[rows, 1]`.
+fn log_sum_exp_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let n = x.dims()[1];
+    let max = x.clone().max_dim(1); // [rows, 1]
+    let shifted = x.sub(max.clone().repeat_dim(1, n));
+    shifted.exp().sum_dim(1).log().add(max)
 }
 
 /// Picks a token from `logits` (one row, the whole vocabulary).
@@ -272,6 +340,57 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(), draw());
+    }
+
+    #[test]
+    fn device_choice_agrees_with_the_host_reference() {
+        use crate::backend::Cpu;
+        let vocab = 50;
+        let rows: Vec<Vec<f32>> = (0..4)
+            .map(|r| {
+                (0..vocab)
+                    .map(|i| ((i * 7 + r * 3) as f32 * 0.37).sin() * 3.0)
+                    .collect()
+            })
+            .collect();
+        let flat: Vec<f32> = rows.concat();
+        let tensor = || {
+            Tensor::<Cpu, 2>::from_data(
+                TensorData::new(flat.clone(), [4, vocab]),
+                &Default::default(),
+            )
+        };
+        // Greedy: the same tokens and log-probs.
+        let mut rngs: Vec<ChaCha8Rng> = (0..4).map(|i| ChaCha8Rng::seed_from_u64(i)).collect();
+        let mut refs: Vec<&mut ChaCha8Rng> = rngs.iter_mut().collect();
+        let device = choose_rows(tensor(), &SamplingParams::greedy(), &mut refs);
+        for (r, row) in rows.iter().enumerate() {
+            let host = choose(row, &SamplingParams::greedy(), &mut rng());
+            assert_eq!(device[r].token, host.token);
+            assert!((device[r].logprob - host.logprob).abs() < 1e-5);
+        }
+        // Sampling: the same draws pick the same tokens, with the same log-probs.
+        let params = SamplingParams {
+            temperature: 0.7,
+            ..SamplingParams::default()
+        };
+        for seed in 0..20 {
+            let mut device_rngs: Vec<ChaCha8Rng> = (0..4)
+                .map(|i| ChaCha8Rng::seed_from_u64(seed * 10 + i))
+                .collect();
+            let mut refs: Vec<&mut ChaCha8Rng> = device_rngs.iter_mut().collect();
+            let device = choose_rows(tensor(), &params, &mut refs);
+            for (r, row) in rows.iter().enumerate() {
+                let host = choose(
+                    row,
+                    &params,
+                    &mut ChaCha8Rng::seed_from_u64(seed * 10 + r as u64),
+                );
+                assert_eq!(device[r].token, host.token, "seed {seed} row {r}");
+                assert!((device[r].logprob - host.logprob).abs() < 1e-5);
+                assert!((device[r].sampling_logprob - host.sampling_logprob).abs() < 1e-5);
+            }
+        }
     }
 
     #[test]

@@ -137,13 +137,20 @@ fn batched_greedy_generation_matches_each_prompt_alone() {
 
 #[test]
 fn sampled_generation_is_reproducible_and_independent_of_batching() {
+    // Truncated sampling (chosen on the host) and plain sampling (chosen on the device).
+    for (top_p, top_k) in [(0.95, 50), (1.0, 0)] {
+        check_sampled_generation(top_p, top_k);
+    }
+}
+
+fn check_sampled_generation(top_p: f32, top_k: usize) {
     let model = load("qwen3-tiny");
     let prompts = mixed_prompts();
     let params = GenerationParams {
         sampling: SamplingParams {
             temperature: 0.9,
-            top_p: 0.95,
-            top_k: 50,
+            top_p,
+            top_k,
             seed: 1234,
             ..SamplingParams::default()
         },
