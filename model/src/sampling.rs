@@ -361,7 +361,7 @@ mod tests {
             )
         };
         // Greedy: the same tokens and log-probs.
-        let mut rngs: Vec<ChaCha8Rng> = (0..4).map(|i| ChaCha8Rng::seed_from_u64(i)).collect();
+        let mut rngs: Vec<ChaCha8Rng> = (0..4).map(ChaCha8Rng::seed_from_u64).collect();
         let mut refs: Vec<&mut ChaCha8Rng> = rngs.iter_mut().collect();
         let device = choose_rows(tensor(), &SamplingParams::greedy(), &mut refs);
         for (r, row) in rows.iter().enumerate() {
