@@ -294,15 +294,3 @@ fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
         items.swap(i, j);
     }
 }
-
-/// The scores a trained reward model gives two texts, for quick checks.
-pub fn score_pair<B: burn::tensor::backend::Backend>(
-    model: &RewardModel<B>,
-    pair: &PreferencePair,
-) -> Result<(f32, f32)> {
-    let s = model.score(&[
-        conversation(&pair.prompt, &pair.chosen),
-        conversation(&pair.prompt, &pair.rejected),
-    ])?;
-    Ok((s[0], s[1]))
-}

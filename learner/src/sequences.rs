@@ -48,11 +48,6 @@ impl SequenceBatch {
         self.response_lens.iter().copied().max().unwrap_or(0)
     }
 
-    /// Tokens the forward pass covers (rows padded to the longest).
-    pub fn padded_tokens(&self) -> usize {
-        self.rows.len() * self.rows.iter().map(Vec::len).max().unwrap_or(0)
-    }
-
     /// `[batch, max_response]` mask: 1 for response tokens, 0 for padding.
     pub fn mask<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
         let width = self.max_response();

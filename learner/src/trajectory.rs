@@ -21,9 +21,3 @@ pub struct Trajectory {
     /// The weight version that generated it.
     pub weight_version: u64,
 }
-
-impl Trajectory {
-    pub fn total_len(&self) -> usize {
-        self.prompt_ids.len() + self.response_ids.len()
-    }
-}

@@ -7,6 +7,7 @@ pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod generate;
+mod jinja_python;
 pub mod layers;
 pub mod model;
 pub mod params;

@@ -31,10 +31,6 @@ impl Rope {
         Rope { inv_freq }
     }
 
-    pub fn inv_freq(&self) -> &[f32] {
-        &self.inv_freq
-    }
-
     /// The cos and sin tables for `positions` (`batch * seq` of them, row-major), laid out per
     /// query head and per key head so that applying them broadcasts nothing.
     pub fn tables<B: Backend>(

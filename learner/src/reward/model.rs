@@ -57,10 +57,6 @@ impl<B: Backend> RewardModel<B> {
         }
     }
 
-    pub fn model(&self) -> &grlo_model::Model<B> {
-        &self.pretrained.model
-    }
-
     /// Token ids of a conversation in the reward model's template (no generation prompt), cut
     /// from the left to `max_length` tokens so that the scored last token stays.
     pub fn encode(&self, conversation: &[ChatMessage]) -> Result<Vec<u32>> {
