@@ -33,6 +33,16 @@ enum Command {
     /// Measure throughput beside the PyTorch/transformers peer.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve a reward model and the rule verifiers over gRPC, batching concurrent requests.
+    RewardServer(cli::reward_server::RewardServerArgs),
+    /// Run the control plane: jobs, workers, rollout tasks, weight versions, budgets.
+    Coordinator(cli::roles::CoordinatorArgs),
+    /// Train the jobs the coordinator assigns, from the trajectories actors send.
+    Learner(cli::roles::LearnerArgs),
+    /// Generate rollouts for the coordinator's jobs.
+    Actor(cli::roles::ActorArgs),
+    /// Administer a running coordinator: jobs, workers, budgets.
+    Ctl(cli::ctl::CtlArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +68,11 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Model(args)) => cli::bench::run(args).and_then(print_line),
         Command::Train(args) => cli::train::run(args).and_then(print_line),
         Command::Rm(command) => cli::rm::run(command).and_then(print_line),
+        Command::RewardServer(args) => cli::reward_server::run(args).and_then(print_line),
+        Command::Coordinator(args) => cli::roles::coordinator(args).and_then(print_line),
+        Command::Learner(args) => cli::roles::learner(args).and_then(print_line),
+        Command::Actor(args) => cli::roles::actor(args).and_then(print_line),
+        Command::Ctl(args) => cli::ctl::run(args).and_then(print_line),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +98,9 @@ fn keep_freed_memory() {
 /// Prints the command's output; a closed stdout (`| head`) is not an error worth a panic.
 fn print_line(text: String) -> anyhow::Result<()> {
     use std::io::Write;
+    if text.is_empty() {
+        return Ok(());
+    }
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -31,6 +31,41 @@ pub struct TrainConfig {
     pub critic: CriticSection,
     #[serde(default)]
     pub trainer: TrainerSection,
+    /// How the service runs the configuration as a job (ignored by `grlo train`).
+    #[serde(default)]
+    pub job: JobSection,
+}
+
+/// A job's name, budget and staleness bound, for the coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSection {
+    /// A name for people; the coordinator makes one up when empty.
+    pub name: String,
+    /// The GPU-hour budget; 0 means none.
+    pub gpu_hours: f64,
+    /// The CPU-hour budget (CPU-only workers are counted apart); 0 means none.
+    pub cpu_hours: f64,
+    /// Price of a GPU-hour, to report the spend; 0 means unknown.
+    pub price_per_gpu_hour: f64,
+    /// How many weight versions a trajectory may lag behind the one being trained:
+    /// 0 is strictly on-policy (the paper), k > 0 lets actors generate while the learner trains.
+    pub staleness: u64,
+    /// Prompts in one rollout task (an actor's unit of work); 0 picks `max_batch_rows / n`.
+    pub prompts_per_task: usize,
+}
+
+impl Default for JobSection {
+    fn default() -> Self {
+        JobSection {
+            name: String::new(),
+            gpu_hours: 0.0,
+            cpu_hours: 0.0,
+            price_per_gpu_hour: 0.0,
+            staleness: 0,
+            prompts_per_task: 0,
+        }
+    }
 }
 
 /// Which checkpoints play which part.
@@ -556,6 +591,11 @@ impl TrainConfig {
             &mut problems,
             self.critic.ppo_epochs > 0,
             "critic.ppo_epochs must be positive",
+        );
+        check(
+            &mut problems,
+            self.job.gpu_hours >= 0.0 && self.job.cpu_hours >= 0.0,
+            "job.gpu_hours and job.cpu_hours must be >= 0",
         );
         check(
             &mut problems,

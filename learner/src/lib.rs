@@ -13,8 +13,10 @@ pub mod reward;
 pub mod reward_training;
 pub mod rollout;
 pub mod sequences;
+pub mod service;
 pub mod trainer;
 pub mod trajectory;
+pub mod wire;
 
 pub use config::TrainConfig;
 pub use error::{LearnerError, Result};

@@ -153,8 +153,12 @@ impl<A: AutodiffBackend> Trainer<A> {
         };
 
         // Prompts: loaded, rendered with the policy's chat template, overlong ones filtered.
-        let (records, prompt_ids, filtered_overlong, skipped_malformed) =
-            load_dataset(&config, &tokenizer)?;
+        let Dataset {
+            records,
+            prompt_ids,
+            filtered_overlong,
+            skipped_malformed,
+        } = load_dataset(&config, &tokenizer)?;
         let mut cursor =
             DatasetCursor::new(records.len(), config.data.shuffle, config.trainer.seed);
         let steps_per_epoch = cursor.steps_per_epoch(config.rollout.batch_size);
@@ -322,7 +326,7 @@ impl<A: AutodiffBackend> Trainer<A> {
                 prompt_id: id,
                 group,
                 prompt_ids: self.prompt_ids[id].clone(),
-                seed: mix(seed, step, id as u64),
+                seed: rollout_seed(seed, step, id as u64),
             })
             .collect();
         (tasks, epoch)
@@ -353,15 +357,39 @@ impl<A: AutodiffBackend> Trainer<A> {
         )?;
         let score_s = start.elapsed().as_secs_f64();
 
+        self.train_step(&trajectories, epoch, generate_s, score_s, step_start)
+    }
+
+    /// Trains on scored trajectories generated elsewhere (the distributed learner's step) and
+    /// appends the step's metrics to `metrics.jsonl`. The trajectories are put in a canonical
+    /// order (by prompt position and sample), so the step does not depend on which actor sent
+    /// what first.
+    pub fn train_on_trajectories(
+        &mut self,
+        mut trajectories: Vec<Trajectory>,
+        epoch: usize,
+    ) -> Result<StepMetrics> {
+        trajectories.sort_by_key(|t| (t.group, t.sample_index));
+        self.train_step(&trajectories, epoch, 0.0, 0.0, Instant::now())
+    }
+
+    fn train_step(
+        &mut self,
+        trajectories: &[Trajectory],
+        epoch: usize,
+        generate_s: f64,
+        score_s: f64,
+        step_start: Instant,
+    ) -> Result<StepMetrics> {
         let start = Instant::now();
-        let train = self.learner.train_on(&trajectories);
+        let train = self.learner.train_on(trajectories);
         let train_s = start.elapsed().as_secs_f64();
         if train.rejected.is_some() {
             self.rejected += 1;
         }
 
         let metrics = step_metrics(
-            &trajectories,
+            trajectories,
             self.learner.step,
             epoch,
             train,
@@ -377,6 +405,18 @@ impl<A: AutodiffBackend> Trainer<A> {
         Ok(metrics)
     }
 
+    /// Writes the current policy, in the Hugging Face layout with its tokenizer, to `dir`.
+    pub fn export_policy(&self, dir: &Path) -> Result<()> {
+        let dtype =
+            StoredDtype::parse(&self.learner.config.trainer.save_dtype).unwrap_or(StoredDtype::F32);
+        self.learner
+            .policy
+            .valid()
+            .save(dir, dtype, 5_000_000_000)?;
+        copy_auxiliary_files(&self.policy_dir, dir)?;
+        Ok(())
+    }
+
     /// Writes a full-state checkpoint `step-N` and points `latest` at it.
     pub fn save(&mut self) -> Result<()> {
         let name = format!("step-{}", self.learner.step);
@@ -385,12 +425,7 @@ impl<A: AutodiffBackend> Trainer<A> {
         let dtype =
             StoredDtype::parse(&self.learner.config.trainer.save_dtype).unwrap_or(StoredDtype::F32);
         let shard = 5_000_000_000;
-        let policy_dir = local.join("policy");
-        self.learner
-            .policy
-            .valid()
-            .save(&policy_dir, dtype, shard)?;
-        copy_auxiliary_files(&self.policy_dir, &policy_dir)?;
+        self.export_policy(&local.join("policy"))?;
         if let Some(critic) = &self.learner.critic {
             critic.valid().save(&local.join("critic"), dtype, shard)?;
         }
@@ -461,9 +496,29 @@ fn load_as_critic<A: AutodiffBackend>(
     )?)
 }
 
+/// A job's prompts: the records, their rendered token ids, and how many prompts were dropped
+/// (overlong) or skipped (malformed lines).
+pub struct Dataset {
+    pub records: Vec<PromptRecord>,
+    pub prompt_ids: Vec<Vec<u32>>,
+    pub filtered_overlong: usize,
+    pub skipped_malformed: usize,
+}
+
 /// Loads every prompt file, renders each prompt with the chat template and filters overlong ones.
+pub fn load_dataset(config: &TrainConfig, tokenizer: &Tokenizer) -> Result<Dataset> {
+    let (records, prompt_ids, filtered_overlong, skipped_malformed) =
+        load_prompt_files(config, tokenizer)?;
+    Ok(Dataset {
+        records,
+        prompt_ids,
+        filtered_overlong,
+        skipped_malformed,
+    })
+}
+
 #[allow(clippy::type_complexity)]
-fn load_dataset(
+fn load_prompt_files(
     config: &TrainConfig,
     tokenizer: &Tokenizer,
 ) -> Result<(Vec<PromptRecord>, Vec<Vec<u32>>, usize, usize)> {
@@ -574,8 +629,9 @@ fn step_metrics(
     }
 }
 
-/// A seed for (run seed, step, prompt), well mixed (splitmix64).
-fn mix(seed: u64, step: u64, prompt: u64) -> u64 {
+/// The seed of a prompt's samples at a step: the run seed, the step and the prompt mixed
+/// (splitmix64), so that where and with what a prompt is generated changes nothing.
+pub fn rollout_seed(seed: u64, step: u64, prompt: u64) -> u64 {
     let mut z = seed
         ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ prompt.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);

@@ -64,6 +64,14 @@ pub enum Error {
     #[error("object store {location}: {message}")]
     Store { location: String, message: String },
 
+    /// A published file that is missing, or whose size or SHA-256 differs from its manifest.
+    #[error("object store {location}: {file} failed verification: {message}")]
+    Verification {
+        location: String,
+        file: String,
+        message: String,
+    },
+
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
 }

@@ -17,6 +17,7 @@ pub mod safetensors_io;
 pub mod sampling;
 pub mod store;
 pub mod tokenizer;
+pub mod weights_store;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, HeadKind, ModelConfig};

@@ -72,7 +72,22 @@ fn store_error(url: &url::Url, e: impl std::fmt::Display) -> Error {
 }
 
 fn open(url: &url::Url) -> Result<(Box<dyn ObjectStore>, StorePath)> {
-    object_store::parse_url_opts(url, std::env::vars().filter(|(k, _)| k.starts_with("AWS_")))
+    open_with_options(url, &[])
+}
+
+/// Opens the object store a URL names, and the path of the URL inside it.
+///
+/// S3 settings come from the standard `AWS_*` environment variables, then from `options`
+/// (which win): object_store's `AmazonS3Builder` keys, matched case-insensitively, so
+/// `AWS_ENDPOINT` (or `AWS_ENDPOINT_URL`), `AWS_ALLOW_HTTP`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` work in both places.
+/// Keys a store does not know are ignored.
+pub fn open_with_options(
+    url: &url::Url,
+    options: &[(String, String)],
+) -> Result<(Box<dyn ObjectStore>, StorePath)> {
+    let env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+    object_store::parse_url_opts(url, env.chain(options.iter().cloned()))
         .map_err(|e| store_error(url, e))
 }
 

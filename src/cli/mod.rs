@@ -1,6 +1,9 @@
 //! The `grlo` command line: one subcommand per role or tool.
 
 pub mod bench;
+pub mod ctl;
 pub mod model;
+pub mod reward_server;
 pub mod rm;
+pub mod roles;
 pub mod train;

@@ -1,0 +1,362 @@
+//! The Coordinator gRPC service: each call runs on the state's owner thread.
+
+use std::pin::Pin;
+use std::sync::mpsc as std_mpsc;
+
+use futures::Stream;
+use grlo_proto::v1;
+use grlo_proto::v1::coordinator_server::Coordinator;
+use tokio::sync::{broadcast, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::records::{JobRecord, JobStatus, WorkerRecord};
+use crate::state::{JobEvent, Outcome, State};
+
+type Work = Box<dyn FnOnce(&mut State) + Send>;
+
+/// A handle on the state, owned by one thread: calls queue up and run one at a time.
+#[derive(Clone)]
+pub struct StateHandle {
+    work: std_mpsc::Sender<Work>,
+    events: broadcast::Sender<JobEvent>,
+}
+
+impl StateHandle {
+    /// Moves `state` to its owner thread.
+    pub fn spawn(state: State) -> Self {
+        let (work, queue) = std_mpsc::channel::<Work>();
+        let (events, _) = broadcast::channel(1024);
+        let sender = events.clone();
+        std::thread::Builder::new()
+            .name("coordinator-state".into())
+            .spawn(move || {
+                let mut state = state;
+                while let Ok(job) = queue.recv() {
+                    job(&mut state);
+                    for event in state.events.drain(..) {
+                        let _ = sender.send(event);
+                    }
+                }
+            })
+            .expect("the state thread starts");
+        StateHandle { work, events }
+    }
+
+    /// Runs `f` on the state and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> R + Send + 'static,
+    ) -> R {
+        let (reply, answer) = oneshot::channel();
+        let work: Work = Box::new(move |state| {
+            let _ = reply.send(f(state));
+        });
+        self.work
+            .send(work)
+            .expect("the state thread runs while the service does");
+        answer.await.expect("the state thread answers")
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn status<T>(outcome: Outcome<T>) -> Result<T, Status> {
+    outcome.map_err(|(failure, message)| failure.status(message))
+}
+
+pub fn job_status(status: JobStatus) -> v1::JobStatus {
+    match status {
+        JobStatus::Queued => v1::JobStatus::Queued,
+        JobStatus::Running => v1::JobStatus::Running,
+        JobStatus::Paused => v1::JobStatus::Paused,
+        JobStatus::Succeeded => v1::JobStatus::Succeeded,
+        JobStatus::Failed => v1::JobStatus::Failed,
+        JobStatus::Cancelled => v1::JobStatus::Cancelled,
+        JobStatus::BudgetExhausted => v1::JobStatus::BudgetExhausted,
+    }
+}
+
+pub fn job_message(job: &JobRecord) -> v1::Job {
+    v1::Job {
+        id: job.id.clone(),
+        name: job.name.clone(),
+        status: job_status(job.status) as i32,
+        spec_toml: job.spec_toml.clone(),
+        step: job.step,
+        total_steps: job.total_steps,
+        weight_version: job.weight_version.unwrap_or(0),
+        message: job.message.clone(),
+        created_unix_ms: job.created_ms,
+        updated_unix_ms: job.updated_ms,
+        last_metrics_json: job.last_metrics_json.clone(),
+    }
+}
+
+fn worker_message(worker: &WorkerRecord) -> v1::Worker {
+    let role = match worker.role.as_str() {
+        "actor" => v1::Role::Actor,
+        "reward_server" => v1::Role::RewardServer,
+        "learner" => v1::Role::Learner,
+        _ => v1::Role::Unspecified,
+    };
+    let activity = match worker.activity.as_str() {
+        "generation" => v1::Activity::Generating,
+        "reward" => v1::Activity::Scoring,
+        "training" => v1::Activity::Training,
+        _ => v1::Activity::Idle,
+    };
+    v1::Worker {
+        id: worker.id.clone(),
+        name: worker.name.clone(),
+        role: role as i32,
+        address: worker.address.clone(),
+        accelerators: worker
+            .accelerators
+            .iter()
+            .map(|(kind, count)| v1::Accelerator {
+                kind: kind.clone(),
+                count: *count,
+            })
+            .collect(),
+        activity: activity as i32,
+        job_id: worker.job_id.clone().unwrap_or_default(),
+        weight_version: worker.weight_version,
+        last_heartbeat_unix_ms: worker.last_heartbeat_ms,
+        alive: worker.alive,
+    }
+}
+
+/// The Coordinator service over a [`StateHandle`].
+pub struct CoordinatorService {
+    pub state: StateHandle,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    #[tracing::instrument(skip_all)]
+    async fn submit_job(
+        &self,
+        request: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        let spec = request.into_inner().spec_toml;
+        let job = status(
+            self.state
+                .call(move |s| s.submit_job(&spec, now_ms()))
+                .await,
+        )?;
+        tracing::info!(job = %job.id, "job submitted");
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn get_job(&self, request: Request<v1::JobRef>) -> Result<Response<v1::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let job = status(self.state.call(move |s| s.job(&id)).await)?;
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let jobs = self.state.call(|s| s.jobs()).await;
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: jobs.iter().map(job_message).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn cancel_job(&self, request: Request<v1::JobRef>) -> Result<Response<v1::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let job = status(self.state.call(move |s| s.cancel_job(&id, now_ms())).await)?;
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn pause_job(&self, request: Request<v1::JobRef>) -> Result<Response<v1::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let job = status(self.state.call(move |s| s.pause_job(&id, now_ms())).await)?;
+        Ok(Response::new(job_message(&job)))
+    }
+
+    async fn resume_job(&self, request: Request<v1::JobRef>) -> Result<Response<v1::Job>, Status> {
+        let id = request.into_inner().job_id;
+        let job = status(self.state.call(move |s| s.resume_job(&id, now_ms())).await)?;
+        Ok(Response::new(job_message(&job)))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = request.into_inner().job_id;
+        // Subscribe first, so no event between the snapshot and the stream is lost.
+        let events = self.state.subscribe();
+        let first = {
+            let id = id.clone();
+            status(self.state.call(move |s| s.job(&id)).await)?
+        };
+        let stream = watch_stream(first, id, events);
+        Ok(Response::new(stream))
+    }
+
+    async fn get_budget(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::BudgetUsage>, Status> {
+        let id = request.into_inner().job_id;
+        Ok(Response::new(status(
+            self.state.call(move |s| s.budget(&id)).await,
+        )?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn register_worker(
+        &self,
+        request: Request<v1::RegisterWorkerRequest>,
+    ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let (id, interval) = status(
+            self.state
+                .call(move |s| {
+                    let interval = s.settings().heartbeat_interval_ms as u32;
+                    s.register_worker(&request, now_ms())
+                        .map(|id| (id, interval))
+                })
+                .await,
+        )?;
+        tracing::info!(worker = %id, "worker registered");
+        Ok(Response::new(v1::RegisterWorkerResponse {
+            worker_id: id,
+            heartbeat_interval_ms: interval,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let outcome = status(
+            self.state
+                .call(move |s| s.heartbeat(&request, now_ms()))
+                .await,
+        )?;
+        Ok(Response::new(v1::HeartbeatResponse {
+            assignment: outcome.assignment,
+            stop: outcome.stop,
+            reregister: outcome.reregister,
+        }))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let workers = self.state.call(|s| s.workers(now_ms())).await;
+        Ok(Response::new(v1::ListWorkersResponse {
+            workers: workers.iter().map(worker_message).collect(),
+        }))
+    }
+
+    async fn lease_task(
+        &self,
+        request: Request<v1::LeaseTaskRequest>,
+    ) -> Result<Response<v1::LeaseTaskResponse>, Status> {
+        let worker = request.into_inner().worker_id;
+        let task = status(
+            self.state
+                .call(move |s| s.lease_task(&worker, now_ms()))
+                .await,
+        )?;
+        Ok(Response::new(v1::LeaseTaskResponse {
+            retry_after_ms: if task.is_some() { 0 } else { 200 },
+            task,
+        }))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<v1::CompleteTaskRequest>,
+    ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
+        let request = request.into_inner();
+        status(
+            self.state
+                .call(move |s| s.complete_task(&request, now_ms()))
+                .await,
+        )?;
+        Ok(Response::new(v1::CompleteTaskResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn publish_weights(
+        &self,
+        request: Request<v1::PublishWeightsRequest>,
+    ) -> Result<Response<v1::PublishWeightsResponse>, Status> {
+        let request = request.into_inner();
+        status(
+            self.state
+                .call(move |s| s.publish_weights(&request, now_ms()))
+                .await,
+        )?;
+        Ok(Response::new(v1::PublishWeightsResponse {}))
+    }
+
+    async fn get_weights(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::WeightVersion>, Status> {
+        let id = request.into_inner().job_id;
+        Ok(Response::new(status(
+            self.state.call(move |s| s.weights(&id)).await,
+        )?))
+    }
+}
+
+/// The watch stream: the job now, then its events until it has ended.
+fn watch_stream(
+    first: JobRecord,
+    id: String,
+    events: broadcast::Receiver<JobEvent>,
+) -> EventStream {
+    let state = (Some(first), id, events, false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(first, id, mut events, ended)| async move {
+            if ended {
+                return None;
+            }
+            let event = match first {
+                Some(job) => JobEvent {
+                    job,
+                    step_metrics_json: String::new(),
+                },
+                None => loop {
+                    match events.recv().await {
+                        Ok(event) if event.job.id == id => break event,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                },
+            };
+            let ended = event.job.status.is_final() && !event.job.stop_requested;
+            let message = v1::JobEvent {
+                job: Some(job_message(&event.job)),
+                step_metrics_json: event.step_metrics_json,
+            };
+            Some((Ok(message), (None, id, events, ended)))
+        },
+    ))
+}

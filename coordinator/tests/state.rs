@@ -1,0 +1,286 @@
+//! The coordinator's rules, with the clock in the test's hands: jobs start when their roles
+//! are filled, tasks are leased, expire and are re-leased, weight versions unlock steps,
+//! budgets stop jobs, and a restarted coordinator finds everything where it was.
+
+use std::path::PathBuf;
+
+use grlo_coordinator::records::JobStatus;
+use grlo_coordinator::{Settings, State};
+use grlo_learner::TrainConfig;
+use grlo_proto::v1;
+
+fn tiny_spec(extra: &[&str]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/tiny.toml");
+    let mut overrides: Vec<String> = vec![
+        "rollout.batch_size=8".into(),
+        "actor.ppo_mini_batch_size=8".into(),
+    ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    let config = TrainConfig::from_file(&path)
+        .unwrap()
+        .with_overrides(&overrides, "test")
+        .unwrap();
+    toml::to_string(&config).unwrap()
+}
+
+fn settings() -> Settings {
+    Settings {
+        heartbeat_interval_ms: 1000,
+        lease_ms: 10_000,
+    }
+}
+
+fn register(state: &mut State, role: v1::Role, address: &str, now: i64) -> String {
+    let request = v1::RegisterWorkerRequest {
+        role: role as i32,
+        address: address.into(),
+        accelerators: vec![v1::Accelerator {
+            kind: "cpu".into(),
+            count: 2,
+        }],
+        name: String::new(),
+        previous_worker_id: String::new(),
+    };
+    state.register_worker(&request, now).unwrap()
+}
+
+fn heartbeat(
+    state: &mut State,
+    worker: &str,
+    activity: v1::Activity,
+    now: i64,
+) -> grlo_coordinator::state::HeartbeatOutcome {
+    let request = v1::HeartbeatRequest {
+        worker_id: worker.into(),
+        activity: activity as i32,
+        weight_version: 0,
+        job_id: String::new(),
+    };
+    state.heartbeat(&request, now).unwrap()
+}
+
+fn publish(state: &mut State, learner: &str, job: &str, version: u64, now: i64) {
+    let request = v1::PublishWeightsRequest {
+        worker_id: learner.into(),
+        weights: Some(v1::WeightVersion {
+            job_id: job.into(),
+            version,
+            location: format!("/weights/v{version}"),
+        }),
+        step: version,
+        step_metrics_json: String::new(),
+        finished: false,
+    };
+    state.publish_weights(&request, now).unwrap();
+}
+
+struct Cluster {
+    state: State,
+    job: String,
+    learner: String,
+    actor: String,
+}
+
+fn cluster(dir: &std::path::Path, extra: &[&str]) -> Cluster {
+    let mut state = State::open(dir, settings()).unwrap();
+    let job = state.submit_job(&tiny_spec(extra), 0).unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    let learner = register(&mut state, v1::Role::Learner, "127.0.0.1:1", 0);
+    register(&mut state, v1::Role::RewardServer, "127.0.0.1:2", 0);
+    let actor = register(&mut state, v1::Role::Actor, "", 0);
+    assert_eq!(state.job(&job.id).unwrap().status, JobStatus::Running);
+    Cluster {
+        state,
+        job: job.id,
+        learner,
+        actor,
+    }
+}
+
+#[test]
+fn a_spec_with_errors_is_refused_with_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = State::open(dir.path(), settings()).unwrap();
+    let spec = tiny_spec(&[])
+        .replace("batch_size = 8", "batch_size = 0")
+        .replace("n = 1", "n = 0");
+    let (failure, message) = state.submit_job(&spec, 0).unwrap_err();
+    assert_eq!(failure.code(), tonic::Code::InvalidArgument);
+    assert!(
+        message.contains("rollout.batch_size") && message.contains("rollout.n"),
+        "{message}"
+    );
+    let (_, message) = state.submit_job("[model]\npolicy = 1", 0).unwrap_err();
+    assert!(message.contains("policy"), "{message}");
+}
+
+#[test]
+fn tasks_flow_from_versions_through_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let Cluster {
+        mut state,
+        job,
+        learner,
+        actor,
+    } = cluster(dir.path(), &[]);
+    // Nothing to do until the learner has published the initial policy.
+    assert!(state.lease_task(&actor, 1).unwrap().is_none());
+    publish(&mut state, &learner, &job, 0, 2);
+    let task = state
+        .lease_task(&actor, 3)
+        .unwrap()
+        .expect("a task of step 1");
+    assert_eq!((task.step, task.weight_version), (1, 0));
+    assert_eq!(
+        task.prompts.len(),
+        8,
+        "batch 8 in one task (max_batch_rows 32, n 1)"
+    );
+    assert!(
+        task.prompts
+            .iter()
+            .all(|p| !p.prompt_ids.is_empty() && !p.messages.is_empty())
+    );
+    assert_eq!(task.learner_address, "127.0.0.1:1");
+    // On-policy: step 2 waits for version 1.
+    assert!(state.lease_task(&actor, 4).unwrap().is_none());
+    state
+        .complete_task(
+            &v1::CompleteTaskRequest {
+                worker_id: actor.clone(),
+                job_id: job.clone(),
+                task_id: task.task_id.clone(),
+                succeeded: true,
+                message: String::new(),
+            },
+            5,
+        )
+        .unwrap();
+    publish(&mut state, &learner, &job, 1, 6);
+    let next = state
+        .lease_task(&actor, 7)
+        .unwrap()
+        .expect("a task of step 2");
+    assert_eq!((next.step, next.weight_version), (2, 1));
+    let first: Vec<u64> = task.prompts.iter().map(|p| p.prompt_id).collect();
+    let second: Vec<u64> = next.prompts.iter().map(|p| p.prompt_id).collect();
+    assert!(
+        first.iter().all(|p| !second.contains(p)),
+        "a step's prompts are new within an epoch"
+    );
+}
+
+#[test]
+fn expired_leases_and_dead_actors_give_tasks_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Cluster {
+        mut state,
+        job,
+        learner,
+        actor,
+    } = cluster(dir.path(), &[]);
+    publish(&mut state, &learner, &job, 0, 0);
+    let other = register(&mut state, v1::Role::Actor, "", 0);
+    let task = state.lease_task(&actor, 100).unwrap().unwrap();
+    assert!(
+        state.lease_task(&other, 200).unwrap().is_none(),
+        "the only task is leased"
+    );
+    // The first actor stops heartbeating; after three intervals its lease comes back.
+    heartbeat(&mut state, &other, v1::Activity::Idle, 3000);
+    heartbeat(&mut state, &learner, v1::Activity::Idle, 3000);
+    let again = state
+        .lease_task(&other, 3500)
+        .unwrap()
+        .expect("the lease of the silent actor");
+    assert_eq!(again.task_id, task.task_id);
+    // A lease past its deadline also comes back.
+    let third = register(&mut state, v1::Role::Actor, "", 3600);
+    heartbeat(&mut state, &other, v1::Activity::Generating, 3600 + 10_001);
+    heartbeat(&mut state, &third, v1::Activity::Idle, 3600 + 10_001);
+    let late = state
+        .lease_task(&third, 3600 + 10_001)
+        .unwrap()
+        .expect("an expired lease");
+    assert_eq!(late.task_id, task.task_id);
+}
+
+#[test]
+fn a_restarted_coordinator_keeps_jobs_tasks_and_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, learner, actor, task_id) = {
+        let Cluster {
+            mut state,
+            job,
+            learner,
+            actor,
+        } = cluster(dir.path(), &[]);
+        publish(&mut state, &learner, &job, 0, 0);
+        let task = state.lease_task(&actor, 10).unwrap().unwrap();
+        (job, learner, actor, task.task_id)
+    };
+    let mut state = State::open(dir.path(), settings()).unwrap();
+    let record = state.job(&job).unwrap();
+    assert_eq!(record.status, JobStatus::Running);
+    assert_eq!(record.weight_version, Some(0));
+    // Workers come back with their ids and keep their assignments and leases.
+    let back = state
+        .register_worker(
+            &v1::RegisterWorkerRequest {
+                role: v1::Role::Actor as i32,
+                address: String::new(),
+                accelerators: vec![],
+                name: String::new(),
+                previous_worker_id: actor.clone(),
+            },
+            20,
+        )
+        .unwrap();
+    assert_eq!(back, actor);
+    heartbeat(&mut state, &learner, v1::Activity::Idle, 20);
+    // The leased task is still leased (deadline not passed); once it passes, it is re-leased.
+    assert!(state.lease_task(&actor, 30).unwrap().is_none());
+    heartbeat(&mut state, &learner, v1::Activity::Idle, 10_500);
+    heartbeat(&mut state, &actor, v1::Activity::Idle, 10_500);
+    let task = state.lease_task(&actor, 10_500).unwrap().unwrap();
+    assert_eq!(task.task_id, task_id);
+}
+
+#[test]
+fn a_spent_budget_stops_the_job_and_asks_for_a_final_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 CPU devices per worker; a budget of 0.001 CPU-hours = 3.6 CPU-seconds.
+    let Cluster {
+        mut state,
+        job,
+        learner,
+        actor,
+    } = cluster(dir.path(), &["job.cpu_hours=0.001"]);
+    publish(&mut state, &learner, &job, 0, 0);
+    let mut now = 0;
+    let mut outcome = heartbeat(&mut state, &learner, v1::Activity::Training, now);
+    while !outcome.stop {
+        now += 500;
+        heartbeat(&mut state, &actor, v1::Activity::Generating, now);
+        outcome = heartbeat(&mut state, &learner, v1::Activity::Training, now);
+        assert!(now < 10_000, "the budget stops the job");
+    }
+    let record = state.job(&job).unwrap();
+    assert_eq!(record.status, JobStatus::BudgetExhausted);
+    let budget = state.budget(&job).unwrap();
+    let used = budget.cpu_hours_used * 3600.0;
+    // Over by at most one heartbeat interval of every worker's devices (2 workers × 2 CPUs).
+    assert!(
+        (3.6..=3.6 + 2.0 * 2.0 * 1.0).contains(&used),
+        "used {used} CPU-seconds"
+    );
+    let roles: Vec<&str> = budget.by_role.iter().map(|r| r.role.as_str()).collect();
+    assert!(
+        roles.contains(&"generation") && roles.contains(&"training"),
+        "{roles:?}"
+    );
+    assert!(
+        state.lease_task(&actor, now + 1).unwrap().is_none(),
+        "no more work"
+    );
+}

@@ -1,0 +1,604 @@
+//! The learner role (`grlo learner`): receives the trajectories of its job's rollout tasks over
+//! gRPC, trains a step once the step's batch is complete, checkpoints, publishes the new
+//! weight version to the object store and tells the coordinator.
+//!
+//! Trajectories are spooled to disk before they are acknowledged, and every step is
+//! checkpointed before its version is announced, so a learner killed at any point resumes from
+//! its last checkpoint with the trajectories it had acknowledged: no step is lost or repeated.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+use grlo_proto::v1;
+use grlo_proto::v1::coordinator_client::CoordinatorClient;
+use grlo_proto::v1::learner_server::{Learner as LearnerRpc, LearnerServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::TrainConfig;
+use crate::checkpoint::CheckpointStore;
+use crate::trainer::{Trainer, checkpoint_location};
+use crate::trajectory::Trajectory;
+use crate::wire::from_wire;
+
+/// How the learner runs.
+#[derive(Clone, Debug)]
+pub struct LearnerServiceConfig {
+    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    /// The address actors reach this learner at (default: the listener's).
+    pub advertise: Option<String>,
+    /// Where each job's run directory goes (`WORK_DIR/JOB_ID`).
+    pub work_dir: PathBuf,
+    /// Overrides the job's `trainer.device`.
+    pub device: Option<String>,
+    /// The accelerators to account (kind, count).
+    pub accelerators: Vec<(String, u32)>,
+    pub name: String,
+}
+
+/// What the gRPC service and the training thread share.
+struct Shared {
+    job: Mutex<Option<JobSpool>>,
+    arrived: Condvar,
+    stop: AtomicBool,
+    training: AtomicBool,
+    step: AtomicU64,
+    version: AtomicU64,
+}
+
+/// Where a job's acknowledged trajectories wait for their step.
+#[derive(Clone)]
+struct JobSpool {
+    job_id: String,
+    dir: PathBuf,
+    /// Trajectories a step needs (prompts × samples).
+    needed: usize,
+    /// Steps up to this one are trained (their trajectories are history).
+    trained: u64,
+}
+
+impl JobSpool {
+    fn step_dir(&self, step: u64) -> PathBuf {
+        self.dir.join(format!("step-{step}"))
+    }
+
+    /// Stores a task's trajectories durably, once.
+    fn store(&self, task_id: &str, step: u64, trajectories: &[Trajectory]) -> std::io::Result<()> {
+        let dir = self.step_dir(step);
+        let path = dir.join(format!("{task_id}.json"));
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        let bytes = serde_json::to_vec(trajectories).expect("trajectories serialise");
+        grlo_model::safetensors_io::write_atomically(&path, &bytes).map_err(std::io::Error::other)
+    }
+
+    /// The trajectories stored for a step.
+    fn load(&self, step: u64) -> std::io::Result<Vec<Trajectory>> {
+        let dir = self.step_dir(step);
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let batch: Vec<Trajectory> = serde_json::from_slice(&std::fs::read(&path)?)
+                    .map_err(std::io::Error::other)?;
+                out.extend(batch);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Serves the Learner service and works for the coordinator until `shutdown`.
+pub async fn run(
+    config: LearnerServiceConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = config.advertise.clone().unwrap_or_else(|| {
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    });
+    let shared = Arc::new(Shared {
+        job: Mutex::new(None),
+        arrived: Condvar::new(),
+        stop: AtomicBool::new(false),
+        training: AtomicBool::new(false),
+        step: AtomicU64::new(0),
+        version: AtomicU64::new(0),
+    });
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<LearnerServer<LearnerService>>()
+        .await;
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(LearnerServer::new(LearnerService {
+            shared: shared.clone(),
+        }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tracing::info!(%address, "learner serving");
+    let work = coordinate(config, address, shared.clone(), shutdown.clone());
+    let (served, worked) = tokio::join!(server, work);
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.arrived.notify_all();
+    served?;
+    worked
+}
+
+/// Registers, heartbeats, and runs the training thread of the job it is assigned.
+async fn coordinate(
+    config: LearnerServiceConfig,
+    address: String,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut client = connect(&config.coordinator, &shutdown).await?;
+    let mut worker_id = String::new();
+    let mut interval = Duration::from_millis(1000);
+    let mut training: Option<(String, std::thread::JoinHandle<()>)> = None;
+    let mut finished_jobs: Vec<String> = Vec::new();
+    loop {
+        if let Some((job, thread)) = training.take_if(|(_, t)| t.is_finished()) {
+            let _ = thread.join();
+            finished_jobs.push(job);
+        }
+        if worker_id.is_empty() {
+            match register(&mut client, &config, &address, "").await {
+                Ok((id, every)) => {
+                    worker_id = id;
+                    interval = every;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "coordinator unreachable, retrying");
+                    sleep_or_cancel(Duration::from_millis(500), &shutdown).await;
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let activity = if shared.training.load(Ordering::SeqCst) {
+            v1::Activity::Training
+        } else {
+            v1::Activity::Idle
+        };
+        let job_id = shared
+            .job
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|j| j.job_id.clone())
+            .unwrap_or_default();
+        let heartbeat = client
+            .heartbeat(v1::HeartbeatRequest {
+                worker_id: worker_id.clone(),
+                activity: activity as i32,
+                weight_version: shared.version.load(Ordering::SeqCst),
+                job_id,
+            })
+            .await;
+        match heartbeat {
+            Ok(response) => {
+                let response = response.into_inner();
+                if response.reregister {
+                    match register(&mut client, &config, &address, &worker_id).await {
+                        Ok((id, _)) => worker_id = id,
+                        Err(_) => worker_id.clear(),
+                    }
+                }
+                if response.stop {
+                    shared.stop.store(true, Ordering::SeqCst);
+                    shared.arrived.notify_all();
+                }
+                if let Some(assignment) = response.assignment
+                    && training.is_none()
+                    && !response.stop
+                    && !finished_jobs.contains(&assignment.job_id)
+                {
+                    let thread =
+                        start_training(&config, &assignment, worker_id.clone(), shared.clone())?;
+                    training = Some((assignment.job_id.clone(), thread));
+                }
+            }
+            Err(status) => tracing::warn!(%status, "heartbeat failed, retrying"),
+        }
+        sleep_or_cancel(interval, &shutdown).await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    // Graceful stop: the training thread checkpoints what it has and returns.
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.arrived.notify_all();
+    if let Some((_, thread)) = training {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    Ok(())
+}
+
+async fn connect(
+    url: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid coordinator URL {url}: {e}"))?;
+    let _ = shutdown;
+    Ok(CoordinatorClient::new(endpoint.connect_lazy()))
+}
+
+async fn register(
+    client: &mut CoordinatorClient<Channel>,
+    config: &LearnerServiceConfig,
+    address: &str,
+    previous: &str,
+) -> Result<(String, Duration), Status> {
+    let response = client
+        .register_worker(v1::RegisterWorkerRequest {
+            role: v1::Role::Learner as i32,
+            address: address.to_string(),
+            accelerators: config
+                .accelerators
+                .iter()
+                .map(|(kind, count)| v1::Accelerator {
+                    kind: kind.clone(),
+                    count: *count,
+                })
+                .collect(),
+            name: config.name.clone(),
+            previous_worker_id: previous.to_string(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(worker = %response.worker_id, "registered with the coordinator");
+    Ok((
+        response.worker_id,
+        Duration::from_millis(response.heartbeat_interval_ms.max(50) as u64),
+    ))
+}
+
+async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Starts the training thread of an assigned job.
+fn start_training(
+    config: &LearnerServiceConfig,
+    assignment: &v1::Assignment,
+    worker_id: String,
+    shared: Arc<Shared>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let mut train: TrainConfig = toml::from_str(&assignment.spec_toml)
+        .map_err(|e| anyhow::anyhow!("job {} spec: {e}", assignment.job_id))?;
+    let run_dir = config.work_dir.join(&assignment.job_id);
+    train.trainer.run_dir = run_dir.display().to_string();
+    if let Some(device) = &config.device {
+        train.trainer.device = device.clone();
+    }
+    let spool = JobSpool {
+        job_id: assignment.job_id.clone(),
+        dir: run_dir.join("spool"),
+        needed: train.rollout.batch_size * train.rollout.n,
+        trained: 0,
+    };
+    *shared.job.lock().expect("not poisoned") = Some(spool);
+    shared.stop.store(false, Ordering::SeqCst);
+    let job = TrainingJob {
+        job_id: assignment.job_id.clone(),
+        config: train,
+        worker_id,
+        coordinator: config.coordinator.clone(),
+        shared,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    tracing::info!(job = %job.job_id, "training thread starting");
+    Ok(std::thread::Builder::new()
+        .name(format!("learner-{}", job.job_id))
+        .spawn(move || {
+            let job_id = job.job_id.clone();
+            if let Err(e) = job.run() {
+                tracing::error!(job = %job_id, error = %format!("{e:#}"), "training stopped with an error");
+            }
+        })?)
+}
+
+/// One job's training loop, on its own thread (tensor work never runs on the executor).
+struct TrainingJob {
+    job_id: String,
+    config: TrainConfig,
+    worker_id: String,
+    coordinator: String,
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TrainingJob {
+    fn run(self) -> anyhow::Result<()> {
+        match self.config.trainer.device.as_str() {
+            "cpu" => self.train::<Autodiff<grlo_model::backend::Cpu>>(Default::default()),
+            #[cfg(feature = "cuda")]
+            device if device.starts_with("cuda") => {
+                let index = device
+                    .strip_prefix("cuda:")
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0);
+                self.train::<Autodiff<grlo_model::backend::Cuda>>(
+                    burn::backend::cuda::CudaDevice::new(index),
+                )
+            }
+            other => anyhow::bail!("device {other} is not available in this build"),
+        }
+    }
+
+    fn train<A: AutodiffBackend>(self, device: A::Device) -> anyhow::Result<()> {
+        let config = self.config.clone();
+        let location = checkpoint_location(&config);
+        let resume = CheckpointStore::open(&location)?.latest()?.is_some();
+        let mut trainer = Trainer::<A>::new(config.clone(), &device, resume)?;
+        let total = trainer.total_steps() as u64;
+        let staleness = config.job.staleness;
+        let per_epoch = (total / config.trainer.total_epochs.max(1) as u64).max(1);
+        let mut step = trainer.step_index() as u64;
+        self.shared.step.store(step, Ordering::SeqCst);
+        self.set_trained(step);
+        self.publish(&trainer, step, String::new(), step >= total)?;
+
+        while step < total {
+            let Some(trajectories) = self.wait_for_step(step + 1)? else {
+                break; // asked to stop
+            };
+            // Never train on a trajectory older than the staleness bound allows.
+            if let Some(stale) = trajectories
+                .iter()
+                .find(|t| t.weight_version + staleness < step)
+            {
+                anyhow::bail!(
+                    "a trajectory of prompt {} was generated by version {}, more than {staleness} behind step {}",
+                    stale.prompt_id,
+                    stale.weight_version,
+                    step + 1
+                );
+            }
+            self.shared.training.store(true, Ordering::SeqCst);
+            let epoch = (step / per_epoch) as usize;
+            let record = StepRecord::of(step + 1, &trajectories);
+            let metrics = trainer.train_on_trajectories(trajectories, epoch)?;
+            trainer.save()?;
+            self.shared.training.store(false, Ordering::SeqCst);
+            step += 1;
+            self.shared.step.store(step, Ordering::SeqCst);
+            record.append(Path::new(&config.trainer.run_dir))?;
+            let metrics = serde_json::to_string(&metrics).expect("metrics serialise");
+            self.publish(&trainer, step, metrics, step >= total)?;
+            self.set_trained(step);
+        }
+        if step < total {
+            // Stopped early (budget, cancel, shutdown): the last checkpoint is this step's.
+            tracing::info!(job = %self.job_id, step, "stopping: final checkpoint written");
+            self.publish(
+                &trainer,
+                step,
+                String::new(),
+                self.shared.stop.load(Ordering::SeqCst),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Marks steps up to `step` trained and drops their spool.
+    fn set_trained(&self, step: u64) {
+        let mut guard = self.shared.job.lock().expect("not poisoned");
+        if let Some(spool) = guard.as_mut() {
+            spool.trained = step;
+            let _ = std::fs::remove_dir_all(spool.step_dir(step));
+        }
+    }
+
+    /// Blocks until step `step` has its whole batch (or the learner is asked to stop).
+    fn wait_for_step(&self, step: u64) -> anyhow::Result<Option<Vec<Trajectory>>> {
+        let mut guard = self.shared.job.lock().expect("not poisoned");
+        loop {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let spool = guard.as_ref().expect("the job's spool").clone();
+            let trajectories = spool.load(step)?;
+            if trajectories.len() >= spool.needed {
+                return Ok(Some(trajectories));
+            }
+            guard = self
+                .shared
+                .arrived
+                .wait_timeout(guard, Duration::from_millis(500))
+                .expect("not poisoned")
+                .0;
+        }
+    }
+
+    /// Publishes the current policy as version `version` and tells the coordinator.
+    fn publish<A: AutodiffBackend>(
+        &self,
+        trainer: &Trainer<A>,
+        version: u64,
+        metrics: String,
+        finished: bool,
+    ) -> anyhow::Result<()> {
+        let base = checkpoint_location(&trainer.learner.config);
+        let location = format!("{}/weights/v{version}", base.trim_end_matches('/'));
+        let staging = Path::new(&trainer.learner.config.trainer.run_dir).join(".weights-staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        trainer.export_policy(&staging)?;
+        grlo_model::weights_store::publish_blocking(&staging, &location, version)?;
+        let _ = std::fs::remove_dir_all(&staging);
+        self.shared.version.store(version, Ordering::SeqCst);
+        let request = v1::PublishWeightsRequest {
+            worker_id: self.worker_id.clone(),
+            weights: Some(v1::WeightVersion {
+                job_id: self.job_id.clone(),
+                version,
+                location,
+            }),
+            step: version,
+            step_metrics_json: metrics,
+            finished,
+        };
+        // The coordinator may be restarting: keep trying until it hears us.
+        let endpoint = tonic::transport::Endpoint::from_shared(self.coordinator.clone())?;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = self.runtime.block_on(async {
+                let mut client = CoordinatorClient::new(endpoint.connect_lazy());
+                client.publish_weights(request.clone()).await
+            });
+            match attempt {
+                Ok(_) => break,
+                Err(status)
+                    if grlo_proto::status::is_retryable(&status)
+                        || status.code() == tonic::Code::Unknown =>
+                {
+                    tracing::warn!(%status, "publishing to the coordinator failed, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(status) => anyhow::bail!("the coordinator refused version {version}: {status}"),
+            }
+        }
+        tracing::info!(job = %self.job_id, version, "weights published");
+        Ok(())
+    }
+}
+
+/// What a step trained on, appended to `steps.jsonl` in the run directory: the prompt ids and
+/// the weight versions that generated them (for audits and the exactly-once tests).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    pub step: u64,
+    pub prompt_ids: Vec<usize>,
+    pub weight_versions: Vec<u64>,
+}
+
+impl StepRecord {
+    fn of(step: u64, trajectories: &[Trajectory]) -> Self {
+        let mut prompt_ids: Vec<usize> = trajectories.iter().map(|t| t.prompt_id).collect();
+        prompt_ids.sort_unstable();
+        let mut weight_versions: Vec<u64> = trajectories.iter().map(|t| t.weight_version).collect();
+        weight_versions.sort_unstable();
+        weight_versions.dedup();
+        StepRecord {
+            step,
+            prompt_ids,
+            weight_versions,
+        }
+    }
+
+    fn append(&self, run_dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.join("steps.jsonl"))?;
+        writeln!(
+            file,
+            "{}",
+            serde_json::to_string(self).expect("records serialise")
+        )?;
+        file.sync_all()
+    }
+}
+
+/// The Learner gRPC service: stores trajectories for the training thread.
+struct LearnerService {
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl LearnerRpc for LearnerService {
+    #[tracing::instrument(skip_all)]
+    async fn send_trajectories(
+        &self,
+        request: Request<Streaming<v1::TrajectoryBatch>>,
+    ) -> Result<Response<v1::SendTrajectoriesResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut stored = Vec::new();
+        while let Some(batch) = stream.message().await? {
+            let spool = self.shared.job.lock().expect("not poisoned").clone();
+            let Some(spool) = spool else {
+                return Err(Status::unavailable("this learner has no job yet: retry"));
+            };
+            if batch.job_id != spool.job_id {
+                return Err(Status::failed_precondition(format!(
+                    "this learner trains job {}, not {}",
+                    spool.job_id, batch.job_id
+                )));
+            }
+            if batch.task_id.is_empty() || batch.trajectories.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a batch needs a task_id and trajectories",
+                ));
+            }
+            if batch.step <= spool.trained {
+                // Its step is trained already (a late duplicate): acknowledge, do not store.
+                stored.push(batch.task_id);
+                continue;
+            }
+            let trajectories = batch
+                .trajectories
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| from_wire(t, i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Status::invalid_argument)?;
+            let task_id = batch.task_id.clone();
+            let step = batch.step;
+            tokio::task::spawn_blocking(move || spool.store(&task_id, step, &trajectories))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| grlo_proto::status::Failure::Internal.status(format!("spool: {e}")))?;
+            self.shared.arrived.notify_all();
+            stored.push(batch.task_id);
+        }
+        Ok(Response::new(v1::SendTrajectoriesResponse {
+            task_ids: stored,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<v1::LearnerStatusRequest>,
+    ) -> Result<Response<v1::LearnerStatus>, Status> {
+        let spool = self.shared.job.lock().expect("not poisoned").clone();
+        let step = self.shared.step.load(Ordering::SeqCst);
+        let buffered = spool
+            .as_ref()
+            .map(|s| s.load(step + 1).map(|t| t.len()).unwrap_or(0))
+            .unwrap_or(0);
+        Ok(Response::new(v1::LearnerStatus {
+            job_id: spool.as_ref().map(|s| s.job_id.clone()).unwrap_or_default(),
+            step,
+            weight_version: self.shared.version.load(Ordering::SeqCst),
+            buffered: buffered as u64,
+            needed: spool.as_ref().map(|s| s.needed as u64).unwrap_or(0),
+            training: self.shared.training.load(Ordering::SeqCst),
+        }))
+    }
+}
