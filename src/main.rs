@@ -49,23 +49,38 @@ enum Command {
 enum BenchCommand {
     /// Prefill, decode and forward+backward tokens/s of the model core.
     Model(cli::bench::BenchModelArgs),
+    /// Rollout throughput of the distributed service beside one process, and weight-sync time.
+    Service(cli::bench_service::BenchServiceArgs),
 }
 
 fn main() -> ExitCode {
     install_panic_hook();
     keep_freed_memory();
+    let cli = Cli::parse();
+    // Services log what they do; one-shot commands only warnings. GRLO_LOG overrides both.
+    let serving = matches!(
+        cli.command,
+        Command::RewardServer(_)
+            | Command::Coordinator(_)
+            | Command::Learner(_)
+            | Command::Actor(_)
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GRLO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("GRLO_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })
+            }),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(command) => cli::model::run(command).and_then(print_line),
         Command::Bench(BenchCommand::Model(args)) => cli::bench::run(args).and_then(print_line),
+        Command::Bench(BenchCommand::Service(args)) => {
+            cli::bench_service::run(args).and_then(print_line)
+        }
         Command::Train(args) => cli::train::run(args).and_then(print_line),
         Command::Rm(command) => cli::rm::run(command).and_then(print_line),
         Command::RewardServer(args) => cli::reward_server::run(args).and_then(print_line),

@@ -106,7 +106,10 @@ pub async fn run(config: ActorConfig, shutdown: CancellationToken) -> anyhow::Re
         let outcome = work_on(&config, &task, &mut policy, &status).await;
         status.activity.store(IDLE, Ordering::SeqCst);
         let (succeeded, message) = match outcome {
-            Ok(()) => (true, String::new()),
+            Ok(()) => {
+                tracing::info!(task = %task_id, job = %job_id, "task done");
+                (true, String::new())
+            }
             Err(e) => {
                 tracing::warn!(task = %task_id, error = %format!("{e:#}"), "task failed, giving it back");
                 (false, format!("{e:#}"))

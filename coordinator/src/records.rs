@@ -156,7 +156,7 @@ impl WorkerRecord {
                 gpus += *count as f64;
             }
         }
-        if gpus == 0.0 && cpus == 0.0 {
+        if self.accelerators.is_empty() {
             cpus = 1.0;
         }
         (gpus, cpus)

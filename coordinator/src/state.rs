@@ -168,25 +168,6 @@ impl State {
     pub fn submit_job(&mut self, spec_toml: &str, now: i64) -> Outcome<JobRecord> {
         let config = TrainConfig::from_toml(spec_toml, "the job spec", Path::new("."))
             .map_err(|e| (Failure::InvalidArgument, e.to_string()))?;
-        let mut problems = Vec::new();
-        if config.model.policy.is_empty() {
-            problems.push("model.policy is empty".to_string());
-        }
-        if config.data.train_files.iter().any(String::is_empty) {
-            problems.push("data.train_files holds an empty path".to_string());
-        }
-        if config.trainer.device != "cpu" && !config.trainer.device.starts_with("cuda") {
-            problems.push(format!(
-                "trainer.device \"{}\" is not cpu or cuda",
-                config.trainer.device
-            ));
-        }
-        if !problems.is_empty() {
-            return refuse(
-                Failure::InvalidArgument,
-                format!("invalid job spec: {}", problems.join("; ")),
-            );
-        }
         let id = self.new_id("job")?;
         let name = if config.job.name.is_empty() {
             id.clone()
@@ -294,9 +275,10 @@ impl State {
         job.status = status;
         job.message = message.to_string();
         job.stop_requested = job.learner.is_some();
-        if !job.stop_requested {
-            self.release_workers(id)?;
-        }
+        let keep_learner = job.stop_requested;
+        // Actors and the reward server stop working for the job (and accruing) now; a learner
+        // that is told to stop stays until it has published its final checkpoint.
+        self.release_workers(id, keep_learner)?;
         self.drop_pending_tasks(id)?;
         self.save_job(id, now, None)
     }
@@ -315,11 +297,13 @@ impl State {
         self.db.write(&changes).map_err(internal)
     }
 
-    fn release_workers(&mut self, job_id: &str) -> Outcome<()> {
+    /// Frees the job's workers for other jobs (all but the learner when `keep_learner`).
+    fn release_workers(&mut self, job_id: &str, keep_learner: bool) -> Outcome<()> {
         let ids: Vec<String> = self
             .workers
             .values()
             .filter(|w| w.job_id.as_deref() == Some(job_id))
+            .filter(|w| !(keep_learner && w.role == "learner"))
             .map(|w| w.id.clone())
             .collect();
         for id in ids {
@@ -327,7 +311,9 @@ impl State {
             self.save_worker(&id)?;
         }
         if let Some(job) = self.jobs.get_mut(job_id) {
-            job.learner = None;
+            if !keep_learner {
+                job.learner = None;
+            }
             job.reward_server = None;
         }
         Ok(())
@@ -500,10 +486,14 @@ impl State {
             job.usage.recent.retain(|(t, _, _)| now - t <= 120_000);
         }
         let config: TrainConfig = toml::from_str(&job.spec_toml).map_err(internal)?;
-        let over_gpu =
-            config.job.gpu_hours > 0.0 && job.usage.gpu_total() >= config.job.gpu_hours * 3600.0;
-        let over_cpu =
-            config.job.cpu_hours > 0.0 && job.usage.cpu_total() >= config.job.cpu_hours * 3600.0;
+        // Stop a heartbeat early rather than late: the job ends once the next interval's burn
+        // (every assigned worker's devices for one interval) would reach the budget.
+        let (gpu_burn, cpu_burn) = self.burn_per_interval(job_id);
+        let job = &self.jobs[job_id];
+        let over_gpu = config.job.gpu_hours > 0.0
+            && job.usage.gpu_total() + gpu_burn >= config.job.gpu_hours * 3600.0;
+        let over_cpu = config.job.cpu_hours > 0.0
+            && job.usage.cpu_total() + cpu_burn >= config.job.cpu_hours * 3600.0;
         if (over_gpu || over_cpu) && !job.status.is_final() {
             let which = if over_gpu { "GPU" } else { "CPU" };
             tracing::warn!(job = job_id, which, "budget spent, stopping the job");
@@ -519,6 +509,36 @@ impl State {
                 .map_err(internal)?;
         }
         Ok(())
+    }
+
+    /// Completed tasks of steps the learner has not trained go back to the pool.
+    fn rerun_untrained_tasks(&mut self, job_id: &str) -> Outcome<()> {
+        let trained = self.jobs[job_id].step;
+        let mut rerun = Vec::new();
+        if let Some(tasks) = self.tasks.get_mut(job_id) {
+            for task in tasks.values_mut() {
+                if task.step > trained && task.state == TaskState::Done {
+                    task.state = TaskState::Pending;
+                    rerun.push(task.task_id.clone());
+                }
+            }
+        }
+        for task_id in rerun {
+            self.save_task(job_id, &task_id)?;
+        }
+        Ok(())
+    }
+
+    /// Device-seconds (GPU, CPU) the job's workers spend in one heartbeat interval.
+    fn burn_per_interval(&self, job_id: &str) -> (f64, f64) {
+        let interval_s = self.settings.heartbeat_interval_ms as f64 / 1000.0;
+        self.workers
+            .values()
+            .filter(|w| w.alive && w.job_id.as_deref() == Some(job_id))
+            .map(|w| w.devices())
+            .fold((0.0, 0.0), |(g, c), (wg, wc)| {
+                (g + wg * interval_s, c + wc * interval_s)
+            })
     }
 
     /// Workers silent for three heartbeat intervals are away: their leases go back to the pool.
@@ -573,8 +593,10 @@ impl State {
             if job.status.is_final() || job.status == JobStatus::Paused && job.learner.is_none() {
                 continue;
             }
-            // A job keeps its learner and reward server while they are away (they come back after
-            // a restart); a job whose learner or reward server is gone for good takes a free one.
+            // A job keeps its learner and reward server while they are away and no other one is
+            // free (they come back after a restart under their old id); a job whose learner or
+            // reward server is gone takes a free one of the role (a restarted process that
+            // registered afresh, or a spare).
             for role in ["learner", "reward_server"] {
                 let job = &self.jobs[&job_id];
                 let current = if role == "learner" {
@@ -582,14 +604,26 @@ impl State {
                 } else {
                     job.reward_server.clone()
                 };
-                let needs = match &current {
-                    None => true,
-                    Some(id) => self
-                        .workers
-                        .get(id)
-                        .is_none_or(|w| w.job_id.as_deref() != Some(job_id.as_str())),
+                let (needs, away) = match &current {
+                    None => (true, None),
+                    Some(id) => match self.workers.get(id) {
+                        Some(w) if w.job_id.as_deref() != Some(job_id.as_str()) => (true, None),
+                        Some(w) => (!w.alive, (!w.alive).then(|| id.clone())),
+                        None => (true, None),
+                    },
                 };
                 if needs && let Some(worker) = free(&self.workers, role) {
+                    if let Some(away) = away {
+                        tracing::warn!(job = %job_id, old = %away, new = %worker, role, "replacing a worker that is away");
+                        self.workers.get_mut(&away).expect("known").job_id = None;
+                        let _ = self.save_worker(&away);
+                        if role == "learner" {
+                            // Trajectories the old learner acknowledged but did not train on may
+                            // be gone with it: their tasks run again (a learner that kept its
+                            // spool stores each task once and ignores the repeat).
+                            let _ = self.rerun_untrained_tasks(&job_id);
+                        }
+                    }
                     self.workers.get_mut(&worker).expect("known").job_id = Some(job_id.clone());
                     let _ = self.save_worker(&worker);
                     let job = self.jobs.get_mut(&job_id).expect("known");
@@ -609,7 +643,7 @@ impl State {
                 let job = self.jobs.get_mut(&job_id).expect("known");
                 job.status = JobStatus::Failed;
                 job.message = message;
-                let _ = self.release_workers(&job_id);
+                let _ = self.release_workers(&job_id, false);
                 let _ = self.save_job(&job_id, now, None);
             }
         }
@@ -963,7 +997,7 @@ impl State {
                 job.status = JobStatus::Succeeded;
             }
             job.stop_requested = false;
-            self.release_workers(&job_id)?;
+            self.release_workers(&job_id, false)?;
             self.drop_pending_tasks(&job_id)?;
         } else {
             self.create_tasks(&job_id, now)?;

@@ -477,7 +477,8 @@ impl TrainConfig {
 
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut String| {
-            if !p.contains("://") && Path::new(p.as_str()).is_relative() {
+            // An empty path stays empty, for `validate` to name.
+            if !p.is_empty() && !p.contains("://") && Path::new(p.as_str()).is_relative() {
                 *p = base.join(&*p).display().to_string();
             }
         };
@@ -500,8 +501,18 @@ impl TrainConfig {
         let a = &self.actor;
         check(
             &mut problems,
+            !self.model.policy.is_empty(),
+            "model.policy is empty (give a model directory or object store URL)",
+        );
+        check(
+            &mut problems,
             !self.data.train_files.is_empty(),
             "data.train_files is empty",
+        );
+        check(
+            &mut problems,
+            !self.data.train_files.iter().any(String::is_empty),
+            "data.train_files holds an empty path",
         );
         check(
             &mut problems,

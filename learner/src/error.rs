@@ -24,6 +24,9 @@ pub enum LearnerError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// The step in progress was abandoned on request; nothing of it was applied.
+    #[error("the training step was interrupted")]
+    Interrupted,
 }
 
 pub type Result<T, E = LearnerError> = std::result::Result<T, E>;

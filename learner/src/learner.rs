@@ -7,6 +7,9 @@
 //! a token budget whose gradients accumulate. A non-finite loss or gradient rejects the whole
 //! step: the models and optimizers go back to where the step began.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -37,6 +40,9 @@ pub struct Learner<A: AutodiffBackend> {
     pub step: usize,
     /// Steps the run will take, for learning-rate schedules.
     pub total_steps: usize,
+    /// Set from another thread to abandon the step in progress (checked between micro-batches):
+    /// the step leaves the weights, optimizers and step count as they were.
+    pub interrupt: Arc<AtomicBool>,
 }
 
 /// What one training step measured (means over the step's mini-batches and tokens).
@@ -59,6 +65,9 @@ pub struct TrainStats {
     pub updates: usize,
     /// Set when a non-finite loss or gradient rejected the step (nothing was applied).
     pub rejected: Option<String>,
+    /// Set when `interrupt` abandoned the step (nothing was applied, the step not counted).
+    #[serde(skip)]
+    pub interrupted: bool,
 }
 
 /// Per-sample quantities of a step, all `[sample][token]`.
@@ -103,6 +112,16 @@ impl<A: AutodiffBackend> Learner<A> {
         let outcome = self
             .update_critic(&data, &mut stats)
             .and_then(|()| self.update_policy(&data, &mut stats));
+        if outcome.is_err() && self.interrupt.load(Ordering::SeqCst) {
+            (
+                self.policy,
+                self.critic,
+                self.policy_optim,
+                self.critic_optim,
+            ) = snapshot;
+            stats.interrupted = true;
+            return stats;
+        }
         if let Err(reason) = outcome {
             tracing::warn!(step = self.step, %reason, "step rejected, weights left unchanged");
             (
@@ -234,6 +253,7 @@ impl<A: AutodiffBackend> Learner<A> {
             lr,
             what: "policy",
             step: self.step,
+            interrupt: self.interrupt.clone(),
         };
         let policy = self.policy.clone();
         let (policy, grad_norms, loss_sum) = plan.run(
@@ -306,6 +326,7 @@ impl<A: AutodiffBackend> Learner<A> {
             lr,
             what: "critic",
             step: self.step,
+            interrupt: self.interrupt.clone(),
         };
         let (critic, grad_norms, loss_sum) = plan.run(
             critic,
@@ -347,6 +368,7 @@ struct UpdatePlan {
     lr: f64,
     what: &'static str,
     step: usize,
+    interrupt: Arc<AtomicBool>,
 }
 
 impl UpdatePlan {
@@ -372,6 +394,9 @@ impl UpdatePlan {
                 let scale = AggregationScale::from_lengths(self.mode, &lengths, self.norm_length);
                 let mut accumulator = GradientsAccumulator::<Model<A>>::new();
                 for micro in micro_batches(data, mini, self.micro_batch_tokens) {
+                    if self.interrupt.load(Ordering::SeqCst) {
+                        return Err(format!("{} update interrupted", self.what));
+                    }
                     let batch = sequence_batch(data, &micro);
                     let loss = loss_of(&model, &batch, &micro, &scale);
                     let value = loss.clone().into_scalar().elem::<f64>();

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::TrainConfig;
 use crate::checkpoint::CheckpointStore;
+use crate::error::LearnerError;
 use crate::trainer::{Trainer, checkpoint_location};
 use crate::trajectory::Trajectory;
 use crate::wire::from_wire;
@@ -36,6 +37,8 @@ pub struct LearnerServiceConfig {
     pub advertise: Option<String>,
     /// Where each job's run directory goes (`WORK_DIR/JOB_ID`).
     pub work_dir: PathBuf,
+    /// Every job's run directory is this one instead (`grlo train`, which runs one job).
+    pub run_dir: Option<PathBuf>,
     /// Overrides the job's `trainer.device`.
     pub device: Option<String>,
     /// The accelerators to account (kind, count).
@@ -47,7 +50,12 @@ pub struct LearnerServiceConfig {
 struct Shared {
     job: Mutex<Option<JobSpool>>,
     arrived: Condvar,
-    stop: AtomicBool,
+    /// Asks the training thread to stop; it abandons a step in progress (see
+    /// `Learner::interrupt`) and publishes its last checkpoint.
+    stop: Arc<AtomicBool>,
+    /// The coordinator ended the job (budget, cancel): the last checkpoint is its final one.
+    /// Unset when only this process is stopping (the job goes on after a restart).
+    job_ended: AtomicBool,
     training: AtomicBool,
     step: AtomicU64,
     version: AtomicU64,
@@ -115,7 +123,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         job: Mutex::new(None),
         arrived: Condvar::new(),
-        stop: AtomicBool::new(false),
+        stop: Arc::new(AtomicBool::new(false)),
+        job_ended: AtomicBool::new(false),
         training: AtomicBool::new(false),
         step: AtomicU64::new(0),
         version: AtomicU64::new(0),
@@ -205,6 +214,7 @@ async fn coordinate(
                     }
                 }
                 if response.stop {
+                    shared.job_ended.store(true, Ordering::SeqCst);
                     shared.stop.store(true, Ordering::SeqCst);
                     shared.arrived.notify_all();
                 }
@@ -290,7 +300,10 @@ fn start_training(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let mut train: TrainConfig = toml::from_str(&assignment.spec_toml)
         .map_err(|e| anyhow::anyhow!("job {} spec: {e}", assignment.job_id))?;
-    let run_dir = config.work_dir.join(&assignment.job_id);
+    let run_dir = config
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| config.work_dir.join(&assignment.job_id));
     train.trainer.run_dir = run_dir.display().to_string();
     if let Some(device) = &config.device {
         train.trainer.device = device.clone();
@@ -303,6 +316,7 @@ fn start_training(
     };
     *shared.job.lock().expect("not poisoned") = Some(spool);
     shared.stop.store(false, Ordering::SeqCst);
+    shared.job_ended.store(false, Ordering::SeqCst);
     let job = TrainingJob {
         job_id: assignment.job_id.clone(),
         config: train,
@@ -355,11 +369,13 @@ impl TrainingJob {
         let location = checkpoint_location(&config);
         let resume = CheckpointStore::open(&location)?.latest()?.is_some();
         let mut trainer = Trainer::<A>::new(config.clone(), &device, resume)?;
+        trainer.learner.interrupt = self.shared.stop.clone();
         let total = trainer.total_steps() as u64;
         let staleness = config.job.staleness;
         let per_epoch = (total / config.trainer.total_epochs.max(1) as u64).max(1);
         let mut step = trainer.step_index() as u64;
         self.shared.step.store(step, Ordering::SeqCst);
+        self.recover_step_record(step)?;
         self.set_trained(step);
         self.publish(&trainer, step, String::new(), step >= total)?;
 
@@ -382,7 +398,14 @@ impl TrainingJob {
             self.shared.training.store(true, Ordering::SeqCst);
             let epoch = (step / per_epoch) as usize;
             let record = StepRecord::of(step + 1, &trajectories);
-            let metrics = trainer.train_on_trajectories(trajectories, epoch)?;
+            let metrics = match trainer.train_on_trajectories(trajectories, epoch) {
+                Err(LearnerError::Interrupted) => {
+                    self.shared.training.store(false, Ordering::SeqCst);
+                    tracing::info!(job = %self.job_id, step = step + 1, "step abandoned on a stop request");
+                    break;
+                }
+                other => other?,
+            };
             trainer.save()?;
             self.shared.training.store(false, Ordering::SeqCst);
             step += 1;
@@ -392,16 +415,34 @@ impl TrainingJob {
             self.publish(&trainer, step, metrics, step >= total)?;
             self.set_trained(step);
         }
-        if step < total {
-            // Stopped early (budget, cancel, shutdown): the last checkpoint is this step's.
-            tracing::info!(job = %self.job_id, step, "stopping: final checkpoint written");
-            self.publish(
-                &trainer,
-                step,
-                String::new(),
-                self.shared.stop.load(Ordering::SeqCst),
-            )?;
+        if step < total && self.shared.job_ended.load(Ordering::SeqCst) {
+            // The job ended early (budget, cancel): the last checkpoint is its final one.
+            tracing::info!(job = %self.job_id, step, "job ended: final checkpoint written");
+            self.publish(&trainer, step, String::new(), true)?;
+        } else if step < total {
+            // This process is stopping; a restart resumes from the checkpoint of `step`.
+            tracing::info!(job = %self.job_id, step, "stopping: checkpoint of step {step} kept for a restart");
         }
+        Ok(())
+    }
+
+    /// A learner that died between checkpointing step `step` and recording it: the step's
+    /// trajectories are still spooled, so the record is written from them.
+    fn recover_step_record(&self, step: u64) -> anyhow::Result<()> {
+        let run_dir = PathBuf::from(&self.config.trainer.run_dir);
+        if step == 0 || StepRecord::last_recorded(&run_dir) >= step {
+            return Ok(());
+        }
+        let spool = self.shared.job.lock().expect("not poisoned").clone();
+        let Some(spool) = spool else {
+            return Ok(());
+        };
+        let trajectories = spool.load(step)?;
+        if trajectories.is_empty() {
+            tracing::warn!(job = %self.job_id, step, "step {step} is checkpointed but neither recorded nor spooled");
+            return Ok(());
+        }
+        StepRecord::of(step, &trajectories).append(&run_dir)?;
         Ok(())
     }
 
@@ -465,7 +506,13 @@ impl TrainingJob {
         // The coordinator may be restarting: keep trying until it hears us.
         let endpoint = tonic::transport::Endpoint::from_shared(self.coordinator.clone())?;
         let mut delay = Duration::from_millis(100);
-        loop {
+        for attempt in 0.. {
+            if attempt >= 8 && self.shared.stop.load(Ordering::SeqCst) {
+                // Stopping with the coordinator away: the checkpoint is on disk, and the next
+                // start publishes it again.
+                tracing::warn!(job = %self.job_id, version, "coordinator away while stopping: version not announced");
+                return Ok(());
+            }
             let attempt = self.runtime.block_on(async {
                 let mut client = CoordinatorClient::new(endpoint.connect_lazy());
                 client.publish_weights(request.clone()).await
@@ -517,12 +564,20 @@ impl StepRecord {
             .create(true)
             .append(true)
             .open(run_dir.join("steps.jsonl"))?;
-        writeln!(
-            file,
-            "{}",
-            serde_json::to_string(self).expect("records serialise")
-        )?;
+        let line = serde_json::to_string(self).expect("records serialise") + "\n";
+        file.write_all(line.as_bytes())?;
         file.sync_all()
+    }
+
+    /// The newest step recorded in `steps.jsonl` (0 when none).
+    fn last_recorded(run_dir: &Path) -> u64 {
+        std::fs::read_to_string(run_dir.join("steps.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<StepRecord>(line).ok())
+            .map(|record| record.step)
+            .max()
+            .unwrap_or(0)
     }
 }
 

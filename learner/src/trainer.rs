@@ -183,6 +183,7 @@ impl<A: AutodiffBackend> Trainer<A> {
             step: 0,
             total_steps,
             config: config.clone(),
+            interrupt: Default::default(),
         };
         if let Some(dir) = &restored {
             let state = read_state(dir)?;
@@ -383,6 +384,9 @@ impl<A: AutodiffBackend> Trainer<A> {
     ) -> Result<StepMetrics> {
         let start = Instant::now();
         let train = self.learner.train_on(trajectories);
+        if train.interrupted {
+            return Err(LearnerError::Interrupted);
+        }
         let train_s = start.elapsed().as_secs_f64();
         if train.rejected.is_some() {
             self.rejected += 1;

@@ -45,6 +45,9 @@ pub enum JobCommand {
     /// Submit a job spec (a `grlo train` TOML with an optional [job] section).
     Submit {
         file: PathBuf,
+        /// Override a setting of the file: `--set trainer.total_steps=10` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     List,
     Get {
@@ -78,6 +81,11 @@ pub fn run(args: CtlArgs) -> anyhow::Result<String> {
 }
 
 async fn execute(args: CtlArgs) -> anyhow::Result<String> {
+    // A job spec is checked (every problem listed) before any coordinator is needed.
+    if let CtlCommand::Job(JobCommand::Submit { file, overrides }) = &args.command {
+        TrainConfig::from_file(file)?
+            .with_overrides(overrides, &format!("the overrides of {}", file.display()))?;
+    }
     let url = args.coordinator.clone();
     let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).with_context(|| {
         format!("invalid coordinator URL {url} (use e.g. http://127.0.0.1:50051)")
@@ -197,9 +205,10 @@ async fn job(
         }
     };
     match command {
-        JobCommand::Submit { file } => {
+        JobCommand::Submit { file, overrides } => {
             // Relative paths in the file are taken relative to the file, then sent resolved.
-            let config = TrainConfig::from_file(&file)?;
+            let config = TrainConfig::from_file(&file)?
+                .with_overrides(&overrides, &format!("the overrides of {}", file.display()))?;
             let spec_toml = toml::to_string(&config)?;
             let job = client
                 .submit_job(v1::SubmitJobRequest { spec_toml })

@@ -161,6 +161,7 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<String> {
             coordinator: args.coordinator,
             advertise: args.advertise,
             work_dir: args.work_dir,
+            run_dir: None,
             device: args.device,
             accelerators,
             name: args.name,

@@ -1,0 +1,114 @@
+//! Faults, each in its own test, each ending with the job succeeded and every prompt of every
+//! step used exactly once: an actor killed mid-generation, the reward server, the learner and
+//! the coordinator each killed (SIGKILL) and restarted.
+
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::{Cluster, exclusive};
+
+const STEPS: u64 = 6;
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn job_step(cluster: &Cluster, job: &str) -> Option<u64> {
+    let output = cluster.ctl_output(&["job", "get", job]);
+    if !output.status.success() {
+        return None;
+    }
+    let job: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    job["step"].as_u64()
+}
+
+fn wait_for_step(cluster: &Cluster, job: &str, step: u64) {
+    cluster.wait_until(JOB_TIMEOUT, &format!("step {step}"), || {
+        (job_step(cluster, job)? >= step).then_some(())
+    });
+}
+
+fn finish(cluster: &Cluster, job: &str) {
+    let done = cluster.wait_for_status(job, &["succeeded", "failed", "cancelled"], JOB_TIMEOUT);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["step"], STEPS, "{done}");
+    cluster.assert_each_prompt_used_once(job, STEPS, 32);
+}
+
+fn log(cluster: &Cluster, role: &str) -> String {
+    std::fs::read_to_string(cluster.path(&format!("{role}.log"))).unwrap_or_default()
+}
+
+fn submit(cluster: &Cluster) -> String {
+    cluster.submit_tiny(&[
+        &format!("trainer.total_steps={STEPS}"),
+        "job.prompts_per_task=8",
+    ])
+}
+
+#[test]
+fn an_actor_killed_mid_generation_has_its_task_run_elsewhere() {
+    let _one = exclusive();
+    let mut cluster = Cluster::start_all(200, 20_000, 2);
+    let job = submit(&cluster);
+    wait_for_step(&cluster, &job, 1);
+    cluster.wait_until(JOB_TIMEOUT, "actor a1 generating", || {
+        let workers = cluster.ctl(&["worker", "list"]);
+        workers
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == "a1" && w["activity"] == "generating")
+            .then_some(())
+    });
+    cluster.kill("a1");
+    finish(&cluster, &job);
+    let coordinator = log(&cluster, "coordinator");
+    assert!(
+        coordinator.contains("lease returned to the pool"),
+        "the dead actor's lease was not returned"
+    );
+}
+
+#[test]
+fn a_reward_server_killed_and_restarted_is_waited_for() {
+    let _one = exclusive();
+    let mut cluster = Cluster::start_all(200, 60_000, 2);
+    let job = submit(&cluster);
+    wait_for_step(&cluster, &job, 1);
+    cluster.kill("reward");
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start("reward");
+    finish(&cluster, &job);
+}
+
+#[test]
+fn a_learner_killed_and_restarted_resumes_from_its_checkpoint() {
+    let _one = exclusive();
+    let mut cluster = Cluster::start_all(200, 60_000, 2);
+    let job = submit(&cluster);
+    wait_for_step(&cluster, &job, 2);
+    cluster.kill("learner");
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start("learner");
+    finish(&cluster, &job);
+    let learner = log(&cluster, "learner");
+    assert!(
+        learner.contains("resum"),
+        "the learner did not resume:\n{learner}"
+    );
+}
+
+#[test]
+fn a_coordinator_killed_and_restarted_recovers_from_its_database() {
+    let _one = exclusive();
+    let mut cluster = Cluster::start_all(200, 60_000, 2);
+    let job = submit(&cluster);
+    wait_for_step(&cluster, &job, 1);
+    cluster.kill("coordinator");
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start("coordinator");
+    finish(&cluster, &job);
+    // The job, its workers and its usage survived the restart.
+    let jobs = cluster.ctl(&["job", "list"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    let budget = cluster.ctl(&["budget", &job]);
+    assert!(budget["cpu_hours_used"].as_f64().unwrap() > 0.0, "{budget}");
+}
