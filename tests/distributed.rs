@@ -369,6 +369,79 @@ fn the_reward_server_answers_or_refuses_a_thousand_concurrent_requests() {
     assert!(peak < 1024.0, "peak RSS {peak:.0} MiB");
 }
 
+#[test]
+fn every_role_answers_the_grpc_health_check_and_stops_on_sigterm() {
+    let _one = exclusive();
+    let mut cluster = Cluster::start_all(200, 60_000, 0);
+    let actor_port = cluster::free_port();
+    let log = std::fs::File::create(cluster.path("actor.log")).unwrap();
+    let mut actor = grlo()
+        .args([
+            "actor",
+            "--coordinator",
+            &cluster.coordinator_url(),
+            "--cache-dir",
+            cluster.path("cache").to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{actor_port}"),
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ports = [
+        ("coordinator", cluster.coordinator_port),
+        ("reward server", cluster.reward_port),
+        ("learner", cluster.learner_port),
+        ("actor", actor_port),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        for (role, port) in ports {
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                let answer = async {
+                    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                        .unwrap()
+                        .connect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    HealthClient::new(channel)
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match answer.await {
+                    Ok(response) => break response.into_inner().status,
+                    Err(e) if Instant::now() > deadline => panic!("{role}: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            assert_eq!(status, ServingStatus::Serving as i32, "{role}");
+        }
+    });
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(actor.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(
+        actor.wait().unwrap().success(),
+        "the actor's exit on SIGTERM"
+    );
+    for role in ["learner", "reward", "coordinator"] {
+        let status = cluster.terminate(role);
+        assert!(status.success(), "{role} exited with {status}");
+    }
+}
+
 async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
     for handle in handles {

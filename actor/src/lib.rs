@@ -50,7 +50,12 @@ pub async fn run(config: ActorConfig, shutdown: CancellationToken) -> anyhow::Re
     let endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|e| anyhow::anyhow!("invalid coordinator URL {}: {e}", config.coordinator))?;
     let mut coordinator = CoordinatorClient::new(endpoint.connect_lazy());
-    let (worker_id, interval) = register(&mut coordinator, &config, "", &shutdown).await?;
+    let (worker_id, interval) = match register(&mut coordinator, &config, "", &shutdown).await {
+        Ok(registered) => registered,
+        // Asked to stop while the coordinator was away: nothing to hand back.
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let status = Arc::new(Status {
         worker_id: Mutex::new(worker_id),
         activity: AtomicU8::new(IDLE),
@@ -310,6 +315,14 @@ fn load_policy(config: &ActorConfig, task: &v1::RolloutTask) -> anyhow::Result<L
         seconds = started.elapsed().as_secs_f64(),
         "weights loaded"
     );
+    // Older versions of the job in the cache are no longer needed.
+    if let Ok(entries) = std::fs::read_dir(config.cache_dir.join(&task.job_id)) {
+        for entry in entries.flatten() {
+            if entry.path() != dir {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     Ok(LoadedPolicy {
         job_id: task.job_id.clone(),
         version: task.weight_version,

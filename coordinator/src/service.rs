@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use futures::Stream;
 use grlo_proto::v1;
@@ -11,6 +12,9 @@ use tonic::{Request, Response, Status};
 
 use crate::records::{JobRecord, JobStatus, WorkerRecord};
 use crate::state::{JobEvent, Outcome, State};
+
+/// How long `LeaseTask` holds a request that finds no task before answering "none yet".
+const LEASE_POLL: Duration = Duration::from_secs(2);
 
 type Work = Box<dyn FnOnce(&mut State) + Send>;
 
@@ -275,16 +279,27 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<v1::LeaseTaskRequest>,
     ) -> Result<Response<v1::LeaseTaskResponse>, Status> {
+        // A long poll: with no task now, wait (up to LEASE_POLL) for a job change — a new
+        // weight version creates the next step's tasks — so that actors start generating with
+        // it at once instead of on their next poll.
         let worker = request.into_inner().worker_id;
-        let task = status(
-            self.state
-                .call(move |s| s.lease_task(&worker, now_ms()))
-                .await,
-        )?;
-        Ok(Response::new(v1::LeaseTaskResponse {
-            retry_after_ms: if task.is_some() { 0 } else { 200 },
-            task,
-        }))
+        let mut changes = self.state.subscribe();
+        let until = tokio::time::Instant::now() + LEASE_POLL;
+        loop {
+            let id = worker.clone();
+            let task = status(self.state.call(move |s| s.lease_task(&id, now_ms())).await)?;
+            if task.is_some() || tokio::time::Instant::now() >= until {
+                return Ok(Response::new(v1::LeaseTaskResponse {
+                    retry_after_ms: if task.is_some() { 0 } else { 50 },
+                    task,
+                }));
+            }
+            // Leases also free up when deadlines pass, which sends no event: look again soon.
+            let waited = tokio::time::timeout(Duration::from_millis(250), changes.recv()).await;
+            if let Ok(Err(broadcast::error::RecvError::Closed)) = waited {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     async fn complete_task(

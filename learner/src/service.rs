@@ -491,6 +491,15 @@ impl TrainingJob {
         trainer.export_policy(&staging)?;
         grlo_model::weights_store::publish_blocking(&staging, &location, version)?;
         let _ = std::fs::remove_dir_all(&staging);
+        // Versions no task may use any more (older than the staleness bound allows, with one
+        // spare for actors still finishing) are deleted from the store.
+        let keep = trainer.learner.config.job.staleness + 2;
+        if version >= keep {
+            let old = format!("{}/weights/v{}", base.trim_end_matches('/'), version - keep);
+            if let Err(e) = grlo_model::weights_store::remove_blocking(&old) {
+                tracing::warn!(location = %old, error = %e, "could not delete an old weight version");
+            }
+        }
         self.shared.version.store(version, Ordering::SeqCst);
         let request = v1::PublishWeightsRequest {
             worker_id: self.worker_id.clone(),

@@ -164,6 +164,29 @@ impl WeightsStore {
         }
     }
 
+    /// Deletes the version: `manifest.json` first (readers stop trusting it), then every
+    /// object under the location. Returns how many objects went.
+    pub async fn remove(&self) -> Result<usize> {
+        match self.store.delete(&self.object(MANIFEST)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.store_error(format!("deleting {MANIFEST}: {e}"))),
+        }
+        let objects: Vec<StorePath> = self
+            .store
+            .list(Some(&self.prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(format!("listing: {e}")))?;
+        for object in &objects {
+            match self.store.delete(object).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.store_error(format!("deleting {object}: {e}"))),
+            }
+        }
+        Ok(objects.len() + 1)
+    }
+
     /// Uploads the files of `local_dir` (regular files and links to them; not hidden files,
     /// sub-directories or a `manifest.json`), then `manifest.json` last. Returns the manifest.
     pub async fn publish(&self, local_dir: &Path, version: u64) -> Result<Manifest> {
@@ -754,6 +777,11 @@ pub async fn raw_copy(location: &str, dest: &Path) -> Result<u64> {
 /// [`publish`] from synchronous code.
 pub fn publish_blocking(local_dir: &Path, location: &str, version: u64) -> Result<Manifest> {
     block_on(publish(local_dir, location, version))
+}
+
+/// Deletes the version published at `location`, from synchronous code.
+pub fn remove_blocking(location: &str) -> Result<usize> {
+    block_on(async { WeightsStore::open(location)?.remove().await })
 }
 
 /// [`fetch_verified`] from synchronous code.

@@ -297,10 +297,10 @@ fn distributed(
     Ok((throughput, sync))
 }
 
-/// Per version: the learner's "weights published" to the last actor's "weights loaded", from
+/// Per version: the learner's "published weights" (in the object store) to the last actor's "weights loaded", from
 /// the roles' logs; and the time to copy the same files on this disk.
 fn weight_sync(dir: &Path, actors: usize, run_dir: &Path) -> anyhow::Result<Value> {
-    let published = log_times(&dir.join("learner.log"), "weights published")?;
+    let published = log_times(&dir.join("learner.log"), "published weights")?;
     let mut loaded = Vec::new();
     for i in 0..actors {
         loaded.push(log_times(
@@ -322,7 +322,16 @@ fn weight_sync(dir: &Path, actors: usize, run_dir: &Path) -> anyhow::Result<Valu
             syncs.push((last - at) * 1000.0);
         }
     }
-    let weights = run_dir.join("checkpoints/weights/v1");
+    // The newest version (the learner deletes the ones no task can use any more).
+    let weights = std::fs::read_dir(run_dir.join("checkpoints/weights"))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.join("manifest.json").is_file())
+        .max_by_key(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str()?.strip_prefix('v')?.parse::<u64>().ok())
+        })
+        .context("no published weight version to copy")?;
     let copy_to = dir.join("raw-copy");
     std::fs::create_dir_all(&copy_to)?;
     let mut bytes = 0;

@@ -62,6 +62,9 @@ pub struct ActorArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub coordinator: String,
+    /// Serve the gRPC health service here (for probes); an actor serves nothing else.
+    #[arg(long, env = "GRLO_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Where downloaded weight versions are kept.
     #[arg(long, env = "GRLO_CACHE_DIR", default_value = "actor-cache")]
     pub cache_dir: PathBuf,
@@ -173,6 +176,26 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<String> {
 pub fn actor(args: ActorArgs) -> anyhow::Result<String> {
     let accelerators = accelerators(args.accelerators.as_deref())?;
     serve(|shutdown| async move {
+        if let Some(address) = args.listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            let (reporter, health) = tonic_health::server::health_reporter();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _reporter = reporter; // "" reports SERVING while the actor runs
+                let served = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "the health service stopped");
+                }
+            });
+        }
         let config = grlo_actor::ActorConfig {
             coordinator: args.coordinator,
             cache_dir: args.cache_dir,
