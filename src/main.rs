@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
     about = "RL post-training of language models from a reward model"
 )]
 struct Cli {
+    /// A TOML file of the role's settings (keys are its flag names; flags and GRLO_* win).
+    #[arg(long, global = true, env = "GRLO_SETTINGS", value_name = "FILE")]
+    settings: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +59,13 @@ enum BenchCommand {
 fn main() -> ExitCode {
     install_panic_hook();
     keep_freed_memory();
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Err(error) = cli::settings::apply(&<Cli as clap::CommandFactory>::command(), &args) {
+        eprintln!("error: {error:#}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     // Services log what they do; one-shot commands only warnings. GRLO_LOG overrides both.
     let serving = matches!(

@@ -442,6 +442,59 @@ fn every_role_answers_the_grpc_health_check_and_stops_on_sigterm() {
     }
 }
 
+#[test]
+fn a_role_takes_its_settings_from_a_file() {
+    let _one = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let port = cluster::free_port();
+    let settings = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata-dir = \"{}\"\nheartbeat-ms = 300\n",
+            dir.path().join("db").display()
+        ),
+    )
+    .unwrap();
+    let mut coordinator = grlo()
+        .args(["coordinator", "--settings", settings.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = grlo()
+            .args(["ctl", "--coordinator", &url, "--json", "job", "list"])
+            .output()
+            .unwrap();
+        if list.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dir.path().join("db").is_dir(), "data-dir from the file");
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+
+    std::fs::write(&settings, "lissen = \"127.0.0.1:1\"\n").unwrap();
+    let output = grlo()
+        .args(["coordinator", "--settings", settings.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`lissen` is not a setting of grlo coordinator")
+            && stderr.contains("listen"),
+        "{stderr}"
+    );
+}
+
 async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
     for handle in handles {

@@ -31,6 +31,16 @@ fn finish(cluster: &Cluster, job: &str) {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["step"], STEPS, "{done}");
     cluster.assert_each_prompt_used_once(job, STEPS, 32);
+    let metrics: Vec<u64> = cluster
+        .metrics(job)
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        (1..=STEPS).collect::<Vec<_>>(),
+        "one metrics line per step"
+    );
 }
 
 fn log(cluster: &Cluster, role: &str) -> String {

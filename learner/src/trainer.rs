@@ -25,6 +25,31 @@ use crate::reward::{RewardModel, Rewards};
 use crate::rollout::{PromptTask, RolloutParams, rollout, score};
 use crate::trajectory::Trajectory;
 
+/// Rewrites `metrics.jsonl` without the lines of steps after `step` (none when fresh).
+fn keep_metrics_up_to(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|m| m["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    let mut rewritten = kept.join("\n");
+    if !rewritten.is_empty() {
+        rewritten.push('\n');
+    }
+    grlo_model::safetensors_io::write_atomically(path, rewritten.as_bytes())
+        .map_err(|e| LearnerError::Invalid(format!("rewriting {}: {e}", path.display())))
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepMetrics {
@@ -231,6 +256,9 @@ impl<A: AutodiffBackend> Trainer<A> {
         std::fs::write(run_dir.join("config.toml"), resolved)
             .map_err(|e| LearnerError::write(&run_dir, e))?;
         let metrics_path = run_dir.join("metrics.jsonl");
+        // Lines of steps after the checkpoint (a run stopped between writing a step's metrics
+        // and checkpointing it) are dropped: those steps run again.
+        keep_metrics_up_to(&metrics_path, learner.step)?;
         let metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -7,4 +7,5 @@ pub mod model;
 pub mod reward_server;
 pub mod rm;
 pub mod roles;
+pub mod settings;
 pub mod train;
