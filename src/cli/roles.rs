@@ -117,7 +117,8 @@ where
     Ok(String::new())
 }
 
-async fn cancel_on_signals(shutdown: CancellationToken) {
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+pub async fn cancel_on_signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -114,7 +114,8 @@ impl InProcess {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(interrupt_on_signals(shutdown.clone()));
+        // SIGINT/SIGTERM: stop following the job; the roles then stop gracefully.
+        tokio::spawn(crate::cli::roles::cancel_on_signals(shutdown.clone()));
         // The workers stop first (the learner announces its last checkpoint), the coordinator
         // last.
         let workers = CancellationToken::new();
@@ -281,27 +282,6 @@ async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
 
 async fn join(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
     task.await.context("the role's task panicked")?
-}
-
-/// SIGINT/SIGTERM: stop following the job; the roles then stop gracefully.
-async fn interrupt_on_signals(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
 }
 
 /// What the run did, from the job and its metrics.jsonl.
