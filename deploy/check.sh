@@ -12,9 +12,19 @@
 #  3. checks that every flag and GRLO_* variable of every container is one that
 #     `grlo <role> --help` lists (deploy/check_flags.py), and that this check does catch a
 #     wrong flag and a wrong variable;
-#  4. submits each overlay's job.toml to a throwaway coordinator on 127.0.0.1, which parses and
+#  4. checks that the manifests, deploy/prometheus/prometheus.yml and
+#     deploy/grafana/grlo-dashboard.json agree (deploy/check_wiring.py): the token and TLS files
+#     the variables name are in read-only Secret mounts, the metrics port is annotated, served
+#     and exposed, the scrape config keeps one target per pod at that port, and the dashboard
+#     uses only metrics and labels of deploy/grafana/metrics.txt; and that this check does catch
+#     a wrong metric name and a wrong token file. With promtool (PROMTOOL, on PATH, or extracted
+#     from Debian's `prometheus` package into target/deploy-check on first use) it also parses
+#     the dashboard's PromQL and the scrape config;
+#  5. submits each overlay's job.toml to a throwaway coordinator on 127.0.0.1, which parses and
 #     validates it as a real submission would, and checks that the in-image paths it names
-#     (/opt/grlo/configs/...) exist in configs/.
+#     (/opt/grlo/configs/...) exist in configs/. The coordinator runs as the manifests run it:
+#     the base's tokens (grlo ctl presents the admin token, and a worker token is refused) and,
+#     where openssl is installed, mutual TLS with certificates from deploy/tls-certs.sh.
 #
 # Needs python3 (with venv; kubernetes-validate and PyYAML are installed into
 # target/deploy-check/venv on first use, or set PYTHON to an interpreter that has both).
@@ -111,7 +121,51 @@ grep -q -- 'flag --data-dri is not accepted by `grlo coordinator`' "$broken.log"
 rm -f "$broken" "$broken.log"
 echo "ok: both refused"
 
-# --- 4. job specs -----------------------------------------------------------------------------
+# --- 4. tokens, TLS, metrics, the scrape config and the dashboard agree ------------------------
+promtool=${PROMTOOL:-$(command -v promtool || true)}
+if [ -z "$promtool" ] && [ -x "$OUT/promtool/promtool" ]; then
+    promtool="$OUT/promtool/promtool"
+elif [ -z "$promtool" ] && command -v apt-get >/dev/null && command -v dpkg >/dev/null; then
+    echo "== extracting promtool from Debian's prometheus package into $OUT/promtool"
+    rm -rf "$OUT/promtool" && mkdir -p "$OUT/promtool/deb"
+    if (cd "$OUT/promtool/deb" && apt-get download prometheus >/dev/null 2>&1) \
+        && dpkg -x "$OUT"/promtool/deb/prometheus_*.deb "$OUT/promtool/deb/root" \
+        && mv "$OUT/promtool/deb/root/usr/bin/promtool" "$OUT/promtool/promtool"; then
+        promtool="$OUT/promtool/promtool"
+        rm -rf "$OUT/promtool/deb"
+    else
+        rm -rf "$OUT/promtool"
+    fi
+fi
+wiring=(--metrics deploy/grafana/metrics.txt --dashboard deploy/grafana/grlo-dashboard.json
+    --prometheus deploy/prometheus/prometheus.yml)
+if [ -n "$promtool" ]; then
+    wiring+=(--promtool "$promtool")
+else
+    echo "(no promtool: the dashboard's PromQL is checked by pattern only, not parsed)"
+fi
+echo "== deploy/check_wiring.py (token and TLS files, metrics ports, prometheus.yml, the dashboard)"
+"$PYTHON" deploy/check_wiring.py "${wiring[@]}" "${rendered[@]}"
+
+echo "== deploy/check_wiring.py catches a wrong metric name and a wrong token file"
+broken="$OUT/broken-dashboard.json.tmp"
+sed 's/grlo_learner_approx_kl/grlo_learner_aprox_kl/' deploy/grafana/grlo-dashboard.json >"$broken"
+sed '0,/value: \/var\/run\/grlo\/tokens\/admin-token$/s//value: \/var\/run\/grlo\/tokens\/admin_token/' \
+    "$first" >"$broken.yaml"
+grep -q grlo_learner_aprox_kl "$broken" && grep -q 'tokens/admin_token$' "$broken.yaml" \
+    || fail "self-test: could not plant the mistakes in copies of the dashboard and $first"
+if "$PYTHON" deploy/check_wiring.py --metrics deploy/grafana/metrics.txt --dashboard "$broken" \
+    --prometheus deploy/prometheus/prometheus.yml "$broken.yaml" >"$broken.log" 2>&1; then
+    cat "$broken.log" >&2
+    fail "self-test: check_wiring.py accepted grlo_learner_aprox_kl and tokens/admin_token"
+fi
+grep -q 'grlo_learner_aprox_kl is not a metric grlo exports' "$broken.log" \
+    && grep -q "Secret grlo-tokens has no key 'admin_token'" "$broken.log" \
+    || { cat "$broken.log" >&2; fail "self-test: check_wiring.py failed without naming both mistakes"; }
+rm -f "$broken" "$broken.yaml" "$broken.log"
+echo "ok: both refused"
+
+# --- 5. job specs -----------------------------------------------------------------------------
 for overlay in "${overlays[@]}"; do
     job="deploy/k8s/overlays/$overlay/job.toml"
     [ -f "$job" ] || continue
@@ -123,6 +177,30 @@ done
 
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 data=$(mktemp -d)
+# The tokens of the base's Secret grlo-tokens (as rendered), as the pods get them: files.
+mkdir -m 700 "$data/tokens"
+"$PYTHON" - "$first" "$data/tokens" <<'PY' || fail "no Secret grlo-tokens with worker-token and admin-token in $first"
+import base64, os, sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "Secret" and doc["metadata"]["name"] == "grlo-tokens":
+        values = dict(doc.get("stringData") or {})
+        values.update({k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()})
+        for key in ("worker-token", "admin-token"):
+            with open(os.path.join(sys.argv[2], key), "w") as f:
+                f.write(values[key])
+        sys.exit(0)
+sys.exit(1)
+PY
+security=(GRLO_WORKER_TOKEN_FILE="$data/tokens/worker-token" GRLO_ADMIN_TOKEN_FILE="$data/tokens/admin-token")
+url="http://127.0.0.1:$port"
+if command -v openssl >/dev/null; then
+    bash deploy/tls-certs.sh "$data/tls" >/dev/null || fail "deploy/tls-certs.sh failed"
+    security+=(GRLO_TLS_CERT="$data/tls/grlo.crt" GRLO_TLS_KEY="$data/tls/grlo.key"
+        GRLO_TLS_CA="$data/tls/ca.crt" GRLO_TLS_CLIENT_AUTH=true)
+    url="https://localhost:$port"
+else
+    echo "(no openssl: the throwaway coordinator runs without TLS)"
+fi
 coordinator_pid=
 stop_coordinator() {
     if [ -n "$coordinator_pid" ]; then
@@ -132,20 +210,29 @@ stop_coordinator() {
     rm -rf "$data"
 }
 trap stop_coordinator EXIT
-env -u GRLO_SETTINGS GRLO_LOG=warn "$GRLO" coordinator --listen "127.0.0.1:$port" \
+clean_env=(env $(env | sed -n 's/^\(GRLO_[A-Z0-9_]*\)=.*/-u \1/p'))
+"${clean_env[@]}" GRLO_LOG=warn "${security[@]}" "$GRLO" coordinator --listen "127.0.0.1:$port" \
     --data-dir "$data/db" >"$data/coordinator.log" 2>&1 &
 coordinator_pid=$!
-ctl() { env -u GRLO_SETTINGS -u GRLO_COORDINATOR "$GRLO" ctl --coordinator "http://127.0.0.1:$port" "$@"; }
+# grlo ctl as `kubectl exec grlo-coordinator-0 -- grlo ctl` runs it: the same variables.
+ctl() { "${clean_env[@]}" "${security[@]}" "$GRLO" ctl --coordinator "$url" "$@"; }
 for _ in $(seq 100); do
     ctl job list >/dev/null 2>&1 && break
     kill -0 "$coordinator_pid" 2>/dev/null || { cat "$data/coordinator.log" >&2; fail "the coordinator did not start"; }
     sleep 0.1
 done
-ctl job list >/dev/null || { cat "$data/coordinator.log" >&2; fail "the coordinator on 127.0.0.1:$port does not answer"; }
+ctl job list >/dev/null || { cat "$data/coordinator.log" >&2; fail "the coordinator at $url does not answer"; }
+echo "== the throwaway coordinator ($url) refuses grlo ctl with the worker token"
+if "${clean_env[@]}" "${security[@]}" GRLO_ADMIN_TOKEN_FILE="$data/tokens/worker-token" \
+    "$GRLO" ctl --coordinator "$url" job list >"$data/refused.log" 2>&1; then
+    fail "the coordinator accepted ListJobs with the worker token: are the token files read?"
+fi
+grep -q 'needs the admin token' "$data/refused.log" || { cat "$data/refused.log" >&2; fail "ListJobs with the worker token failed for another reason"; }
+echo "ok: refused"
 for overlay in "${overlays[@]}"; do
     job="deploy/k8s/overlays/$overlay/job.toml"
     [ -f "$job" ] || continue
-    echo "== grlo ctl job submit $job (a throwaway coordinator on 127.0.0.1:$port)"
+    echo "== grlo ctl job submit $job (a throwaway coordinator at $url)"
     ctl --json job submit "$job" >"$data/submit.json" \
         || fail "the coordinator refused $job"
     "$PYTHON" -c 'import json, sys; j = json.load(open(sys.argv[1])); print("ok:", j["id"], j["name"], j["status"])' \

@@ -11,7 +11,9 @@ CronJob, Pod) in the given multi-document YAML files:
   with a value where the flag takes one;
 * every environment variable named `GRLO_*` (in `env`, and the keys of a ConfigMap or Secret
   in the same files that `envFrom` names) must be one that `grlo <role> --help` lists
-  (`[env: GRLO_...]`), or GRLO_LOG (the log filter) or GRLO_SETTINGS.
+  (`[env: GRLO_...]`), or GRLO_LOG (the log filter) or GRLO_SETTINGS, or GRLO_WORKER_TOKEN /
+  GRLO_ADMIN_TOKEN (the token itself) where the role takes --worker-token-file /
+  --admin-token-file.
 
 Usage: check_flags.py [--grlo PATH] RENDERED.yaml...
 Exits 1 with one line per problem, naming the file, the object, the container and the flag.
@@ -31,6 +33,13 @@ import yaml
 
 # Variables every role reads besides its flags' own.
 ALWAYS_ALLOWED_ENV = {"GRLO_LOG", "GRLO_SETTINGS"}
+
+# Variables a role reads where its help lists the flag: the token itself, in place of the file
+# (`--worker-token-file FILE`, "or the token itself in GRLO_WORKER_TOKEN").
+ENV_WITH_FLAG = {
+    "--worker-token-file": "GRLO_WORKER_TOKEN",
+    "--admin-token-file": "GRLO_ADMIN_TOKEN",
+}
 
 # An option line of clap's help: "  -h, --help", "      --listen <LISTEN>  ...".
 OPTION_LINE = re.compile(
@@ -263,6 +272,7 @@ class Checker:
             return
         role = help_.describe()
         allowed = help_.env | ALWAYS_ALLOWED_ENV
+        allowed |= {env for flag, env in ENV_WITH_FLAG.items() if flag in help_.flags}
         for env in container.get("env") or []:
             name = env.get("name", "")
             if name.startswith("GRLO_") and name not in allowed:

@@ -13,13 +13,18 @@ use grlo_learner::rollout::{PromptTask, RolloutParams, rollout};
 use grlo_learner::trajectory::Trajectory;
 use grlo_learner::wire::to_wire;
 use grlo_model::{Model, Pretrained, SamplingParams, Tokenizer};
+use grlo_proto::security::{ClientSecurity, Transport};
 use grlo_proto::status::is_retryable;
 use grlo_proto::v1;
 use grlo_proto::v1::coordinator_client::CoordinatorClient;
 use grlo_proto::v1::learner_client::LearnerClient;
 use grlo_proto::v1::reward_server_client::RewardServerClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+pub mod telemetry;
+
+pub use telemetry::ActorMetrics;
 
 /// How the actor runs.
 #[derive(Clone, Debug)]
@@ -33,6 +38,9 @@ pub struct ActorConfig {
     /// The accelerators to account (kind, count).
     pub accelerators: Vec<(String, u32)>,
     pub name: String,
+    /// How it calls the coordinator, reward server and learner (TLS, the worker token).
+    pub client: ClientSecurity,
+    pub metrics: ActorMetrics,
 }
 
 const IDLE: u8 = 0;
@@ -47,9 +55,11 @@ struct Status {
 
 /// Works for the coordinator until `shutdown`; a task under way is finished first.
 pub async fn run(config: ActorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|e| anyhow::anyhow!("invalid coordinator URL {}: {e}", config.coordinator))?;
-    let mut coordinator = CoordinatorClient::new(endpoint.connect_lazy());
+    let channel = config
+        .client
+        .lazy(&config.coordinator)
+        .map_err(|e| anyhow::anyhow!("the coordinator {}: {e}", config.coordinator))?;
+    let mut coordinator = CoordinatorClient::new(channel);
     let (worker_id, interval) = match register(&mut coordinator, &config, "", &shutdown).await {
         Ok(registered) => registered,
         // Asked to stop while the coordinator was away: nothing to hand back.
@@ -112,10 +122,12 @@ pub async fn run(config: ActorConfig, shutdown: CancellationToken) -> anyhow::Re
         status.activity.store(IDLE, Ordering::SeqCst);
         let (succeeded, message) = match outcome {
             Ok(()) => {
+                config.metrics.tasks.with_label_values(&["done"]).inc();
                 tracing::info!(task = %task_id, job = %job_id, "task done");
                 (true, String::new())
             }
             Err(e) => {
+                config.metrics.tasks.with_label_values(&["failed"]).inc();
                 tracing::warn!(task = %task_id, error = %format!("{e:#}"), "task failed, giving it back");
                 (false, format!("{e:#}"))
             }
@@ -149,7 +161,7 @@ pub async fn run(config: ActorConfig, shutdown: CancellationToken) -> anyhow::Re
 }
 
 async fn register(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorClient<Transport>,
     config: &ActorConfig,
     previous: &str,
     shutdown: &CancellationToken,
@@ -192,7 +204,7 @@ async fn register(
 }
 
 async fn heartbeats(
-    mut client: CoordinatorClient<Channel>,
+    mut client: CoordinatorClient<Transport>,
     config: ActorConfig,
     status: Arc<Status>,
     interval: Duration,
@@ -344,10 +356,13 @@ async fn work_on(
         .is_none_or(|p| p.job_id != task.job_id || p.version != task.weight_version);
     if stale {
         *policy = None; // free the old version first
-        let (config, task_for_load) = (config.clone(), task.clone());
+        let (for_load, task_for_load) = (config.clone(), task.clone());
+        let started = Instant::now();
         let loaded =
-            tokio::task::spawn_blocking(move || load_policy(&config, &task_for_load)).await??;
+            tokio::task::spawn_blocking(move || load_policy(&for_load, &task_for_load)).await??;
         status.version.store(loaded.version, Ordering::SeqCst);
+        config.metrics.phase("load", started.elapsed());
+        config.metrics.weight_version.set(loaded.version as i64);
         *policy = Some(loaded);
     }
     let loaded = policy.take().expect("loaded above");
@@ -376,12 +391,17 @@ async fn work_on(
         })
         .collect();
     let version = task.weight_version;
+    let started = Instant::now();
     let (loaded, generated) = tokio::task::spawn_blocking(move || {
         let generated = loaded.generator.rollout(&tasks, &params, version);
         (loaded, generated)
     })
     .await?;
     let mut trajectories = generated?;
+    config.metrics.phase("generate", started.elapsed());
+    let tokens: usize = trajectories.iter().map(|t| t.response_ids.len()).sum();
+    config.metrics.tokens_generated.inc_by(tokens as u64);
+    let started = Instant::now();
 
     // Score: the prompt's messages with the decoded response, by the prompt's reward style.
     let items = trajectories
@@ -407,13 +427,12 @@ async fn work_on(
         job_id: task.job_id.clone(),
         items,
     };
-    let endpoint = peer(&task.reward_server_address)?;
+    let endpoint = peer(&config.client, &task.reward_server_address)?;
     let scores = retry_until(deadline, "the reward server", || {
-        let endpoint = endpoint.clone();
+        let channel = config.client.wrap(endpoint.connect_lazy());
         let request = request.clone();
         async move {
-            let mut client = RewardServerClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(64 << 20);
+            let mut client = RewardServerClient::new(channel).max_decoding_message_size(64 << 20);
             client.score(request).await.map(|r| r.into_inner().scores)
         }
     })
@@ -428,6 +447,8 @@ async fn work_on(
     for (t, score) in trajectories.iter_mut().zip(scores) {
         t.reward = Some(score);
     }
+    config.metrics.phase("score", started.elapsed());
+    let started = Instant::now();
 
     // Deliver: the learner stores them durably before it answers.
     let batch = v1::TrajectoryBatch {
@@ -436,13 +457,12 @@ async fn work_on(
         step: task.step,
         trajectories: trajectories.iter().map(to_wire).collect(),
     };
-    let endpoint = peer(&task.learner_address)?;
+    let endpoint = peer(&config.client, &task.learner_address)?;
     retry_until(deadline, "the learner", || {
-        let endpoint = endpoint.clone();
+        let channel = config.client.wrap(endpoint.connect_lazy());
         let batch = batch.clone();
         async move {
-            let mut client =
-                LearnerClient::new(endpoint.connect_lazy()).max_encoding_message_size(256 << 20);
+            let mut client = LearnerClient::new(channel).max_encoding_message_size(256 << 20);
             client
                 .send_trajectories(tokio_stream_once(batch))
                 .await
@@ -450,6 +470,11 @@ async fn work_on(
         }
     })
     .await?;
+    config.metrics.phase("deliver", started.elapsed());
+    config
+        .metrics
+        .trajectories
+        .inc_by(trajectories.len() as u64);
     Ok(())
 }
 
@@ -459,17 +484,14 @@ fn tokio_stream_once(
     tonic::codegen::tokio_stream::iter(std::iter::once(batch))
 }
 
-fn peer(address: &str) -> anyhow::Result<Endpoint> {
+/// A peer known as `host:port`, over TLS when the actor is configured for it.
+fn peer(client: &ClientSecurity, address: &str) -> anyhow::Result<Endpoint> {
     if address.is_empty() {
         anyhow::bail!("the job has no peer address yet");
     }
-    let url = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow::anyhow!("invalid peer address {url}: {e}"))
+    client
+        .endpoint(address)
+        .map_err(|e| anyhow::anyhow!("peer {address}: {e}"))
 }
 
 /// Calls a peer until it answers, backing off while it is away or busy, until the lease's

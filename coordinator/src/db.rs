@@ -1,5 +1,6 @@
-//! The coordinator's embedded database (redb): jobs, rollout tasks and workers as JSON
-//! records, each change committed before the coordinator answers, so a restart loses nothing.
+//! The coordinator's embedded database (redb): jobs, rollout tasks, workers and every trained
+//! step's metrics as JSON records, each change committed before the coordinator answers, so a
+//! restart loses nothing.
 
 use std::path::Path;
 
@@ -7,13 +8,17 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::records::{JobRecord, TaskRecord, WorkerRecord};
+use crate::records::{JobRecord, StepRecord, TaskRecord, WorkerRecord};
 
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 /// Keyed by `job_id/task_id`.
 const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
 const WORKERS: TableDefinition<&str, &str> = TableDefinition::new("workers");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// Keyed by `job_id/step` with the step zero-padded to ten digits, so a job's steps are one
+/// contiguous range in step order. Not part of [`Snapshot`]: a long run has many, and they are
+/// read on demand.
+const STEPS: TableDefinition<&str, &str> = TableDefinition::new("steps");
 
 /// A database failure, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,7 @@ pub enum Change<'a> {
     RemoveTask { job_id: &'a str, task_id: &'a str },
     Worker(&'a WorkerRecord),
     NextId(u64),
+    Step(&'a StepRecord),
 }
 
 impl Db {
@@ -58,7 +64,7 @@ impl Db {
         let db = Database::create(&path).map_err(|e| fail(e.to_string()))?;
         // Make sure every table exists, so reads never fail on a fresh file.
         let txn = db.begin_write().map_err(|e| fail(e.to_string()))?;
-        for table in [JOBS, TASKS, WORKERS, META] {
+        for table in [JOBS, TASKS, WORKERS, META, STEPS] {
             txn.open_table(table).map_err(|e| fail(e.to_string()))?;
         }
         txn.commit().map_err(|e| fail(e.to_string()))?;
@@ -119,6 +125,7 @@ impl Db {
             let mut tasks = txn.open_table(TASKS).map_err(|e| self.error(e))?;
             let mut workers = txn.open_table(WORKERS).map_err(|e| self.error(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.error(e))?;
+            let mut steps = txn.open_table(STEPS).map_err(|e| self.error(e))?;
             for change in changes {
                 match change {
                     Change::Job(job) => {
@@ -144,11 +151,43 @@ impl Db {
                         meta.insert("next_id", id.to_string().as_str())
                             .map_err(|e| self.error(e))?;
                     }
+                    Change::Step(step) => {
+                        steps
+                            .insert(
+                                step_key(&step.job_id, step.step).as_str(),
+                                json(step).as_str(),
+                            )
+                            .map_err(|e| self.error(e))?;
+                    }
                 }
             }
         }
         txn.commit().map_err(|e| self.error(e))
     }
+
+    /// A job's steps after `after` (0: all of them), in step order.
+    pub fn steps(&self, job_id: &str, after: u64) -> Result<Vec<StepRecord>, DbError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(STEPS).map_err(|e| self.error(e))?;
+        let start = step_key(job_id, after.saturating_add(1));
+        // '0' follows '/': every key of this job sorts before `{job_id}0`, and no other job's.
+        let end = format!("{job_id}0");
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_str()..end.as_str())
+            .map_err(|e| self.error(e))?
+        {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            let record = serde_json::from_str(value.value())
+                .map_err(|e| self.error(format!("record {}: {e}", key.value())))?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+}
+
+fn step_key(job_id: &str, step: u64) -> String {
+    format!("{job_id}/{step:010}")
 }
 
 fn json(value: &impl Serialize) -> String {

@@ -3,12 +3,16 @@
 //! weight version of every job, accrues device-hours per job and role and stops a job that
 //! spends its budget, and keeps all of it in an embedded database so a restart loses nothing.
 
+pub mod dashboard;
 pub mod db;
 pub mod records;
 pub mod service;
 pub mod state;
+pub mod telemetry;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use grlo_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -18,11 +22,33 @@ pub use service::{CoordinatorService, StateHandle, now_ms};
 pub use state::{Settings, State};
 
 /// How the coordinator runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CoordinatorConfig {
     /// Where the database lives.
     pub data_dir: PathBuf,
     pub settings: Settings,
+    /// Serve the web dashboard (page and JSON API) over HTTP here; `None`: no dashboard.
+    pub http_listen: Option<SocketAddr>,
+    /// The dashboard's JSON API answers only requests with `Authorization: Bearer TOKEN`.
+    pub admin_token: Option<String>,
+    /// TLS and the tokens of the gRPC service.
+    pub security: grlo_proto::security::ServerSecurity,
+}
+
+/// By hand, so that logging the configuration never logs the token.
+impl std::fmt::Debug for CoordinatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorConfig")
+            .field("data_dir", &self.data_dir)
+            .field("settings", &self.settings)
+            .field("http_listen", &self.http_listen)
+            .field("security", &self.security)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// Serves the Coordinator service (and gRPC health) on `listener` until `shutdown` is
@@ -34,13 +60,32 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = State::open(&config.data_dir, config.settings)?;
     let handle = StateHandle::spawn(state);
+    let (metrics, refresh) = telemetry::metrics(handle.clone());
+    // The dashboard stops with the coordinator, whichever way `run` returns.
+    let http_stop = shutdown.child_token();
+    let _stop_http_on_return = http_stop.clone().drop_guard();
+    let http = match config.http_listen {
+        Some(address) => Some(
+            serve_dashboard(
+                address,
+                handle.clone(),
+                config.admin_token.clone(),
+                grlo_proto::metrics::router(metrics.clone(), Some(refresh)),
+                http_stop,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
     let address = listener.local_addr()?;
     tracing::info!(%address, data_dir = %config.data_dir.display(), "coordinator serving");
-    tonic::transport::Server::builder()
+    config
+        .security
+        .builder(Some(metrics.rpc()))?
         .add_service(health)
         .add_service(CoordinatorServer::new(CoordinatorService { state: handle }))
         .serve_with_incoming_shutdown(
@@ -48,6 +93,24 @@ pub async fn run(
             shutdown.cancelled_owned(),
         )
         .await?;
+    if let Some(http) = http {
+        // Requests in flight finish; a client that holds its connection open does not hold
+        // up the stop for long.
+        let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// Binds `address` and serves the dashboard (and `metrics`) on it until `stop` is cancelled.
+async fn serve_dashboard(
+    address: SocketAddr,
+    state: StateHandle,
+    admin_token: Option<String>,
+    metrics: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    tracing::info!(%address, token = admin_token.is_some(), "dashboard serving");
+    let app = dashboard::router(state, admin_token).merge(metrics);
+    Ok(grlo_proto::metrics::serve_http(address, app, stop).await?)
 }

@@ -162,3 +162,23 @@ impl WorkerRecord {
         (gpus, cpus)
     }
 }
+
+/// One trained step of a job, kept for good so the dashboard and `grlo ctl job plot` can
+/// draw the whole run (the job record keeps only the newest step's metrics).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub job_id: String,
+    pub step: u64,
+    /// When the learner published the step, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// The learner's metrics.jsonl line for the step.
+    pub metrics_json: String,
+    /// The job's GPU-seconds spent when the step landed, and its budget (0: none).
+    pub gpu_seconds_used: f64,
+    pub gpu_seconds_limit: f64,
+    /// The same in CPU-seconds, for CPU-only clusters (0: no CPU budget).
+    #[serde(default)]
+    pub cpu_seconds_used: f64,
+    #[serde(default)]
+    pub cpu_seconds_limit: f64,
+}

@@ -106,6 +106,18 @@ pub fn job_message(job: &JobRecord) -> v1::Job {
     }
 }
 
+pub fn step_message(step: &crate::records::StepRecord) -> v1::StepRecord {
+    v1::StepRecord {
+        step: step.step,
+        time_ms: step.time_ms,
+        metrics_json: step.metrics_json.clone(),
+        gpu_seconds_used: step.gpu_seconds_used,
+        gpu_seconds_limit: step.gpu_seconds_limit,
+        cpu_seconds_used: step.cpu_seconds_used,
+        cpu_seconds_limit: step.cpu_seconds_limit,
+    }
+}
+
 fn worker_message(worker: &WorkerRecord) -> v1::Worker {
     let role = match worker.role.as_str() {
         "actor" => v1::Role::Actor,
@@ -224,6 +236,17 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(status(
             self.state.call(move |s| s.budget(&id)).await,
         )?))
+    }
+
+    async fn list_steps(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::ListStepsResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let steps = status(self.state.call(move |s| s.step_history(&id, 0)).await)?;
+        Ok(Response::new(v1::ListStepsResponse {
+            steps: steps.iter().map(step_message).collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all)]

@@ -18,10 +18,11 @@ use grlo_proto::v1;
 
 use crate::db::{Change, Db, DbError};
 use crate::records::{
-    JobRecord, JobStatus, TaskPrompt, TaskRecord, TaskState, Usage, WorkerRecord,
+    JobRecord, JobStatus, StepRecord, TaskPrompt, TaskRecord, TaskState, Usage, WorkerRecord,
 };
 
 mod budget;
+pub mod gauges;
 mod tasks;
 
 /// A refusal: the kind (for the gRPC code) and a message for the caller.
@@ -142,9 +143,23 @@ impl State {
         now: i64,
         event_metrics: Option<String>,
     ) -> Outcome<JobRecord> {
+        self.save_job_with_step(id, now, event_metrics, None)
+    }
+
+    /// Saves the job and the step it just trained in one transaction, so the history never
+    /// misses a step the job record counts.
+    fn save_job_with_step(
+        &mut self,
+        id: &str,
+        now: i64,
+        event_metrics: Option<String>,
+        step: Option<&StepRecord>,
+    ) -> Outcome<JobRecord> {
         let job = self.jobs.get_mut(id).expect("a known job");
         job.updated_ms = now;
-        self.db.write(&[Change::Job(job)]).map_err(internal)?;
+        let mut changes = vec![Change::Job(job)];
+        changes.extend(step.map(Change::Step));
+        self.db.write(&changes).map_err(internal)?;
         let job = job.clone();
         self.events.push(JobEvent {
             job: job.clone(),
@@ -215,6 +230,14 @@ impl State {
 
     pub fn jobs(&self) -> Vec<JobRecord> {
         self.jobs.values().cloned().collect()
+    }
+
+    /// The job's trained steps after step `after` (0: all of them) in step order: the
+    /// learner's metrics and the budget spent by then. Pollers pass the last step they hold,
+    /// so a long run is not sent again every time.
+    pub fn step_history(&self, id: &str, after: u64) -> Outcome<Vec<StepRecord>> {
+        self.job(id)?;
+        self.db.steps(id, after).map_err(internal)
     }
 
     /// Ends a job by request: the learner writes a final checkpoint.

@@ -285,3 +285,84 @@ fn a_spent_budget_stops_the_job_and_asks_for_a_final_checkpoint() {
         "no more work"
     );
 }
+
+fn publish_step(state: &mut State, learner: &str, job: &str, step: u64, now: i64) {
+    let request = v1::PublishWeightsRequest {
+        worker_id: learner.into(),
+        weights: Some(v1::WeightVersion {
+            job_id: job.into(),
+            version: step,
+            location: format!("/weights/v{step}"),
+        }),
+        step,
+        step_metrics_json: format!(r#"{{"step":{step},"reward_mean":{}}}"#, step as f64 / 4.0),
+        finished: false,
+    };
+    state.publish_weights(&request, now).unwrap();
+}
+
+#[test]
+fn every_trained_step_is_kept_in_order_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = {
+        // 2 CPU devices per worker, 3 workers; a budget of 1 CPU-hour.
+        let Cluster {
+            mut state,
+            job,
+            learner,
+            ..
+        } = cluster(dir.path(), &["job.cpu_hours=1"]);
+        publish(&mut state, &learner, &job, 0, 0);
+        assert!(
+            state.step_history(&job, 0).unwrap().is_empty(),
+            "version 0 is no step"
+        );
+        // Steps 1..=11 a second apart, the learner training in between (2 CPU-seconds each);
+        // step 10 sorts after step 9.
+        for step in 1..=11 {
+            let now = 1000 * step as i64;
+            heartbeat(&mut state, &learner, v1::Activity::Training, now);
+            publish_step(&mut state, &learner, &job, step, now);
+        }
+        // A learner that did not hear the answer publishes the same step again.
+        publish_step(&mut state, &learner, &job, 11, 11_500);
+        job
+    };
+
+    let state = State::open(dir.path(), settings()).unwrap();
+    let history = state.step_history(&job, 0).unwrap();
+    let steps: Vec<u64> = history.iter().map(|s| s.step).collect();
+    assert_eq!(steps, (1..=11).collect::<Vec<_>>());
+    for record in &history {
+        let metrics: serde_json::Value = serde_json::from_str(&record.metrics_json).unwrap();
+        assert_eq!(metrics["reward_mean"], record.step as f64 / 4.0);
+        assert_eq!(record.job_id, job);
+        // Heartbeats at 1000 ms, 2000 ms, ...: the learner's 2 CPUs for 1 s each step.
+        assert_eq!(
+            record.cpu_seconds_used,
+            2.0 * record.step as f64,
+            "{record:?}"
+        );
+        assert_eq!(record.cpu_seconds_limit, 3600.0);
+        assert_eq!(
+            (record.gpu_seconds_used, record.gpu_seconds_limit),
+            (0.0, 0.0)
+        );
+    }
+    assert_eq!(history[0].time_ms, 1000);
+    assert_eq!(
+        history[10].time_ms, 11_500,
+        "the repeat replaces the record"
+    );
+
+    let later: Vec<u64> = state
+        .step_history(&job, 9)
+        .unwrap()
+        .iter()
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(later, vec![10, 11]);
+    let (failure, message) = state.step_history("job-404", 0).unwrap_err();
+    assert_eq!(failure.code(), tonic::Code::NotFound);
+    assert!(message.contains("job-404"), "{message}");
+}

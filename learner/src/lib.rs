@@ -14,6 +14,7 @@ pub mod reward_training;
 pub mod rollout;
 pub mod sequences;
 pub mod service;
+pub mod telemetry;
 pub mod trainer;
 pub mod trajectory;
 pub mod wire;

@@ -9,21 +9,22 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
+use grlo_proto::security::{ClientSecurity, ServerSecurity, Transport};
 use grlo_proto::v1;
 use grlo_proto::v1::coordinator_client::CoordinatorClient;
 use grlo_proto::v1::learner_server::{Learner as LearnerRpc, LearnerServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::TrainConfig;
 use crate::checkpoint::CheckpointStore;
 use crate::error::LearnerError;
+use crate::telemetry::LearnerMetrics;
 use crate::trainer::{Trainer, checkpoint_location};
 use crate::trajectory::Trajectory;
 use crate::wire::from_wire;
@@ -44,6 +45,12 @@ pub struct LearnerServiceConfig {
     /// The accelerators to account (kind, count).
     pub accelerators: Vec<(String, u32)>,
     pub name: String,
+    /// TLS and tokens of this learner's server.
+    pub security: ServerSecurity,
+    /// How it calls the coordinator.
+    pub client: ClientSecurity,
+    /// Serve Prometheus metrics over HTTP here.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// What the gRPC service and the training thread share.
@@ -59,6 +66,18 @@ struct Shared {
     training: AtomicBool,
     step: AtomicU64,
     version: AtomicU64,
+    metrics: LearnerMetrics,
+}
+
+impl Shared {
+    /// Trajectories spooled for the step after the last trained one.
+    fn buffered(&self) -> usize {
+        let spool = self.job.lock().expect("not poisoned").clone();
+        let step = self.step.load(Ordering::SeqCst);
+        spool
+            .map(|s| s.load(step + 1).map(|t| t.len()).unwrap_or(0))
+            .unwrap_or(0)
+    }
 }
 
 /// Where a job's acknowledged trajectories wait for their step.
@@ -128,12 +147,32 @@ pub async fn run(
         training: AtomicBool::new(false),
         step: AtomicU64::new(0),
         version: AtomicU64::new(0),
+        metrics: LearnerMetrics::default(),
     });
+    if let Some(http) = config.http_listen {
+        let refreshed = shared.clone();
+        let refresh: grlo_proto::metrics::Refresh = Arc::new(move || {
+            let shared = refreshed.clone();
+            Box::pin(async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    shared
+                        .metrics
+                        .buffered_trajectories
+                        .set(shared.buffered() as i64);
+                })
+                .await;
+            })
+        });
+        let router = grlo_proto::metrics::router(shared.metrics.registry.clone(), Some(refresh));
+        grlo_proto::metrics::serve_http(http, router, shutdown.clone()).await?;
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<LearnerServer<LearnerService>>()
         .await;
-    let server = tonic::transport::Server::builder()
+    let server = config
+        .security
+        .builder(Some(shared.metrics.registry.rpc()))?
         .add_service(health)
         .add_service(LearnerServer::new(LearnerService {
             shared: shared.clone(),
@@ -158,7 +197,7 @@ async fn coordinate(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut client = connect(&config.coordinator, &shutdown).await?;
+    let mut client = CoordinatorClient::new(config.client.lazy(&config.coordinator)?);
     let mut worker_id = String::new();
     let mut interval = Duration::from_millis(1000);
     let mut training: Option<(String, std::thread::JoinHandle<()>)> = None;
@@ -244,18 +283,8 @@ async fn coordinate(
     Ok(())
 }
 
-async fn connect(
-    url: &str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<CoordinatorClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow::anyhow!("invalid coordinator URL {url}: {e}"))?;
-    let _ = shutdown;
-    Ok(CoordinatorClient::new(endpoint.connect_lazy()))
-}
-
 async fn register(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorClient<Transport>,
     config: &LearnerServiceConfig,
     address: &str,
     previous: &str,
@@ -322,6 +351,7 @@ fn start_training(
         config: train,
         worker_id,
         coordinator: config.coordinator.clone(),
+        client: config.client.clone(),
         shared,
         runtime: tokio::runtime::Handle::current(),
     };
@@ -342,6 +372,7 @@ struct TrainingJob {
     config: TrainConfig,
     worker_id: String,
     coordinator: String,
+    client: ClientSecurity,
     shared: Arc<Shared>,
     runtime: tokio::runtime::Handle,
 }
@@ -379,10 +410,14 @@ impl TrainingJob {
         self.set_trained(step);
         self.publish(&trainer, step, String::new(), step >= total)?;
 
+        let telemetry = self.shared.metrics.clone();
         while step < total {
+            let waited = Instant::now();
             let Some(trajectories) = self.wait_for_step(step + 1)? else {
                 break; // asked to stop
             };
+            telemetry.phase("wait", waited.elapsed());
+            let trained = Instant::now();
             // Never train on a trajectory older than the staleness bound allows.
             if let Some(stale) = trajectories
                 .iter()
@@ -406,13 +441,19 @@ impl TrainingJob {
                 }
                 other => other?,
             };
+            telemetry.phase("train", trained.elapsed());
+            let saved = Instant::now();
             trainer.save()?;
+            telemetry.phase("checkpoint", saved.elapsed());
             self.shared.training.store(false, Ordering::SeqCst);
             step += 1;
             self.shared.step.store(step, Ordering::SeqCst);
             record.append(Path::new(&config.trainer.run_dir))?;
-            let metrics = serde_json::to_string(&metrics).expect("metrics serialise");
-            self.publish(&trainer, step, metrics, step >= total)?;
+            let metrics = serde_json::to_value(&metrics).expect("metrics serialise");
+            telemetry.step(&metrics);
+            let published = Instant::now();
+            self.publish(&trainer, step, metrics.to_string(), step >= total)?;
+            telemetry.phase("publish", published.elapsed());
             self.set_trained(step);
         }
         if step < total && self.shared.job_ended.load(Ordering::SeqCst) {
@@ -501,6 +542,7 @@ impl TrainingJob {
             }
         }
         self.shared.version.store(version, Ordering::SeqCst);
+        self.shared.metrics.weight_version.set(version as i64);
         let request = v1::PublishWeightsRequest {
             worker_id: self.worker_id.clone(),
             weights: Some(v1::WeightVersion {
@@ -513,7 +555,7 @@ impl TrainingJob {
             finished,
         };
         // The coordinator may be restarting: keep trying until it hears us.
-        let endpoint = tonic::transport::Endpoint::from_shared(self.coordinator.clone())?;
+        let endpoint = self.client.endpoint(&self.coordinator)?;
         let mut delay = Duration::from_millis(100);
         for attempt in 0.. {
             if attempt >= 8 && self.shared.stop.load(Ordering::SeqCst) {
@@ -523,7 +565,8 @@ impl TrainingJob {
                 return Ok(());
             }
             let attempt = self.runtime.block_on(async {
-                let mut client = CoordinatorClient::new(endpoint.connect_lazy());
+                let channel = self.client.wrap(endpoint.connect_lazy());
+                let mut client = CoordinatorClient::new(channel);
                 client.publish_weights(request.clone()).await
             });
             match attempt {
@@ -634,11 +677,16 @@ impl LearnerRpc for LearnerService {
                 .map_err(Status::invalid_argument)?;
             let task_id = batch.task_id.clone();
             let step = batch.step;
+            let count = trajectories.len();
             tokio::task::spawn_blocking(move || spool.store(&task_id, step, &trajectories))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| grlo_proto::status::Failure::Internal.status(format!("spool: {e}")))?;
             self.shared.arrived.notify_all();
+            self.shared
+                .metrics
+                .trajectories_received
+                .inc_by(count as u64);
             stored.push(batch.task_id);
         }
         Ok(Response::new(v1::SendTrajectoriesResponse {
@@ -652,10 +700,7 @@ impl LearnerRpc for LearnerService {
     ) -> Result<Response<v1::LearnerStatus>, Status> {
         let spool = self.shared.job.lock().expect("not poisoned").clone();
         let step = self.shared.step.load(Ordering::SeqCst);
-        let buffered = spool
-            .as_ref()
-            .map(|s| s.load(step + 1).map(|t| t.len()).unwrap_or(0))
-            .unwrap_or(0);
+        let buffered = self.shared.buffered();
         Ok(Response::new(v1::LearnerStatus {
             job_id: spool.as_ref().map(|s| s.job_id.clone()).unwrap_or_default(),
             step,

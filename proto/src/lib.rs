@@ -9,3 +9,5 @@ pub mod v1 {
 pub mod status;
 
 pub use v1::*;
+pub mod metrics;
+pub mod security;

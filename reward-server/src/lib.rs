@@ -42,7 +42,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -87,6 +86,35 @@ pub async fn serve<B: Backend>(
     shutdown: CancellationToken,
     stats: Arc<Stats>,
 ) -> Result<()> {
+    let open = Serving {
+        stats,
+        ..Serving::default()
+    };
+    serve_with::<B>(config, device, listener, shutdown, open).await
+}
+
+/// What a server shares with its surroundings: who may call it and over what, where it
+/// counts, and where its per-call metrics go.
+#[derive(Clone, Default)]
+pub struct Serving {
+    pub security: grlo_proto::security::ServerSecurity,
+    pub stats: Arc<Stats>,
+    pub rpc: Option<grlo_proto::metrics::RpcMetrics>,
+}
+
+/// [`serve`] with TLS, bearer tokens and metrics as `serving` says.
+pub async fn serve_with<B: Backend>(
+    config: RewardServerConfig,
+    device: B::Device,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    serving: Serving,
+) -> Result<()> {
+    let Serving {
+        security,
+        stats,
+        rpc,
+    } = serving;
     config.validate()?;
     let address = listener
         .local_addr()
@@ -157,7 +185,10 @@ pub async fn serve<B: Backend>(
             set_status(&health, ServingStatus::NotServing).await;
         }
     };
-    let served = Server::builder()
+    let mut builder = security
+        .builder(rpc)
+        .map_err(|e| RewardServerError::Config(e.to_string()))?;
+    let served = builder
         .add_service(health_service)
         .add_service(
             RewardServerServer::new(service).max_decoding_message_size(config.max_request_bytes),

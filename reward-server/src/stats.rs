@@ -3,10 +3,13 @@
 //! The queue bound is an item count checked and reserved atomically when a request arrives,
 //! before anything of it is encoded or queued; a [`QueueSlot`] gives the items back when it is
 //! dropped — once the request is answered, or when its client goes away. Tests read the
-//! counters; a later metrics exporter will too.
+//! counters; [`Stats::export`] shows them to Prometheus as `grlo_reward_server_*`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use grlo_proto::metrics::Metrics;
+use grlo_proto::metrics::prometheus::{Histogram, IntCounter, IntGauge};
 
 /// What a reward server has done so far, and what it holds now.
 #[derive(Debug, Default)]
@@ -17,9 +20,49 @@ pub struct Stats {
     model_items: AtomicU64,
     rule_items: AtomicU64,
     refused_requests: AtomicU64,
+    exported: Option<Exported>,
+}
+
+/// The Prometheus series the counters feed, once [`Stats::export`]ed.
+#[derive(Debug)]
+struct Exported {
+    queue_depth: IntGauge,
+    batch_items: Histogram,
+    model_items: IntCounter,
+    rule_items: IntCounter,
+    refused: IntCounter,
 }
 
 impl Stats {
+    /// Counters that also feed `metrics`' series.
+    pub fn export(metrics: &Metrics) -> Self {
+        let exported = Exported {
+            queue_depth: metrics.int_gauge(
+                "queue_items",
+                "Model items admitted and not answered yet (waiting, encoding or scoring)",
+            ),
+            batch_items: metrics.sizes(
+                "batch_items",
+                "Items per batch handed to the reward model",
+                4096.0,
+            ),
+            model_items: metrics.counter(
+                "model_items_scored_total",
+                "Items scored by the reward model",
+            ),
+            rule_items: metrics
+                .counter("rule_items_scored_total", "Items scored by a rule verifier"),
+            refused: metrics.counter(
+                "refused_requests_total",
+                "Requests refused with RESOURCE_EXHAUSTED because the queue was full",
+            ),
+        };
+        Stats {
+            exported: Some(exported),
+            ..Stats::default()
+        }
+    }
+
     /// Model items admitted and not answered yet: waiting, being encoded or being scored.
     pub fn queued_items(&self) -> usize {
         self.queued_items.load(Ordering::SeqCst)
@@ -60,6 +103,9 @@ impl Stats {
                 });
         match admitted {
             Ok(before) => {
+                if let Some(e) = &self.exported {
+                    e.queue_depth.add(items as i64);
+                }
                 self.peak_queued_items
                     .fetch_max(before + items, Ordering::SeqCst);
                 Some(QueueSlot {
@@ -77,15 +123,25 @@ impl Stats {
     /// Counts a request refused because the queue was full.
     pub(crate) fn refused(&self) {
         self.refused_requests.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = &self.exported {
+            e.refused.inc();
+        }
     }
 
     pub(crate) fn record_batch(&self, items: usize) {
         self.model_calls.fetch_add(1, Ordering::SeqCst);
         self.model_items.fetch_add(items as u64, Ordering::SeqCst);
+        if let Some(e) = &self.exported {
+            e.batch_items.observe(items as f64);
+            e.model_items.inc_by(items as u64);
+        }
     }
 
     pub(crate) fn record_rule_items(&self, items: usize) {
         self.rule_items.fetch_add(items as u64, Ordering::SeqCst);
+        if let Some(e) = &self.exported {
+            e.rule_items.inc_by(items as u64);
+        }
     }
 }
 
@@ -101,6 +157,9 @@ impl Drop for QueueSlot {
         self.stats
             .queued_items
             .fetch_sub(self.items, Ordering::SeqCst);
+        if let Some(e) = &self.stats.exported {
+            e.queue_depth.sub(self.items as i64);
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! rule verifiers only (and its health answers).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
@@ -18,7 +17,6 @@ use tracing::{info, warn};
 
 use crate::config::RewardServerConfig;
 use crate::error::{Result, RewardServerError};
-use crate::stats::Stats;
 
 /// How the worker finds its coordinator and presents itself.
 #[derive(Clone, Debug)]
@@ -29,6 +27,8 @@ pub struct WorkerConfig {
     pub advertise: Option<String>,
     pub accelerators: Vec<(String, u32)>,
     pub name: String,
+    /// How this server calls the coordinator (TLS, the worker token).
+    pub client: grlo_proto::security::ClientSecurity,
 }
 
 /// One inner server: its model and how to stop it.
@@ -46,6 +46,7 @@ pub async fn run_for_coordinator<B: Backend>(
     listen: SocketAddr,
     worker: WorkerConfig,
     shutdown: CancellationToken,
+    serving: crate::Serving,
 ) -> Result<()> {
     let listener = bind(listen).await?;
     let address = worker.advertise.clone().unwrap_or_else(|| {
@@ -54,21 +55,20 @@ pub async fn run_for_coordinator<B: Backend>(
             .map(|a| a.to_string())
             .unwrap_or_default()
     });
-    let stats = Arc::new(Stats::default());
+    let stats = serving.stats.clone();
     let mut running = start::<B>(
         &base,
         None,
         device.clone(),
         listener,
         &shutdown,
-        stats.clone(),
+        serving.clone(),
     );
 
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(worker.coordinator.clone()).map_err(|e| {
-            RewardServerError::Config(format!("coordinator URL {}: {e}", worker.coordinator))
-        })?;
-    let mut client = CoordinatorClient::new(endpoint.connect_lazy());
+    let channel = worker.client.lazy(&worker.coordinator).map_err(|e| {
+        RewardServerError::Config(format!("the coordinator {}: {e}", worker.coordinator))
+    })?;
+    let mut client = CoordinatorClient::new(channel);
     let mut worker_id = String::new();
     let mut interval = Duration::from_millis(1000);
     let mut calls_seen = 0;
@@ -126,7 +126,7 @@ pub async fn run_for_coordinator<B: Backend>(
                             device.clone(),
                             listener,
                             &shutdown,
-                            stats.clone(),
+                            serving.clone(),
                         );
                     }
                 }
@@ -167,19 +167,19 @@ fn start<B: Backend>(
     device: B::Device,
     listener: TcpListener,
     shutdown: &CancellationToken,
-    stats: Arc<Stats>,
+    serving: crate::Serving,
 ) -> Running {
     let stop = shutdown.child_token();
     let config = RewardServerConfig {
         model: model.clone(),
         ..config.clone()
     };
-    let task = tokio::spawn(crate::serve::<B>(
+    let task = tokio::spawn(crate::serve_with::<B>(
         config,
         device,
         listener,
         stop.clone(),
-        stats,
+        serving,
     ));
     Running { model, stop, task }
 }
@@ -209,7 +209,7 @@ async fn bind(address: SocketAddr) -> Result<TcpListener> {
 }
 
 async fn register(
-    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    client: &mut CoordinatorClient<grlo_proto::security::Transport>,
     worker: &WorkerConfig,
     address: &str,
     previous: &str,

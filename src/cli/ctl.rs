@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use grlo_learner::TrainConfig;
+use grlo_proto::security::Transport;
 use grlo_proto::v1;
 use grlo_proto::v1::coordinator_client::CoordinatorClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -24,13 +24,16 @@ pub struct CtlArgs {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// TLS settings and the admin token (the ctl presents the admin token).
+    #[command(flatten)]
+    pub security: crate::cli::security::SecurityArgs,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
-    /// Jobs: submit, list, get, watch, cancel, pause, resume.
+    /// Jobs: submit, list, get, watch, cancel, pause, resume, plot.
     #[command(subcommand)]
     Job(JobCommand),
     /// Workers.
@@ -66,6 +69,13 @@ pub enum JobCommand {
     Resume {
         id: String,
     },
+    /// Draw the job's charts (reward, response length, KL, throughput, budget) into a PNG.
+    Plot {
+        id: String,
+        /// The PNG file to write (its directory must exist).
+        #[arg(long, value_name = "FILE.png")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,15 +97,16 @@ async fn execute(args: CtlArgs) -> anyhow::Result<String> {
             .with_overrides(overrides, &format!("the overrides of {}", file.display()))?;
     }
     let url = args.coordinator.clone();
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).with_context(|| {
-        format!("invalid coordinator URL {url} (use e.g. http://127.0.0.1:50051)")
+    let security = args.security.admin_client()?;
+    let endpoint = security.endpoint(&url).with_context(|| {
+        format!("coordinator URL {url} (use e.g. http://127.0.0.1:50051, or https:// with TLS)")
     })?;
     let channel = endpoint.connect().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the coordinator at {url}: {e} (is `grlo coordinator` running? set --coordinator or GRLO_COORDINATOR)"
         )
     })?;
-    let mut client = CoordinatorClient::new(channel);
+    let mut client = CoordinatorClient::new(security.wrap(channel));
     let json_out = args.json;
     match args.command {
         CtlCommand::Job(command) => job(&mut client, command, json_out).await,
@@ -193,7 +204,7 @@ fn budget_text(hours: f64) -> String {
 }
 
 async fn job(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorClient<Transport>,
     command: JobCommand,
     json_out: bool,
 ) -> anyhow::Result<String> {
@@ -265,6 +276,9 @@ async fn job(
             .await
             .map_err(explain)?
             .into_inner()),
+        JobCommand::Plot { id, out } => {
+            crate::cli::plot::run(client, &id, &out, json_out, explain).await
+        }
         JobCommand::Watch { id } => {
             let mut stream = client
                 .watch_job(v1::JobRef { job_id: id })
@@ -315,6 +329,14 @@ fn explain(status: tonic::Status) -> anyhow::Error {
             status.message()
         ),
         tonic::Code::NotFound => anyhow::anyhow!("{} ", status.message()),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => anyhow::anyhow!(
+            "the coordinator refused: {} (give the admin token with --admin-token-file or GRLO_ADMIN_TOKEN)",
+            status.message()
+        ),
+        _ if std::error::Error::source(&status).is_some() => anyhow::anyhow!(
+            "the connection to the coordinator failed: {} (if it serves TLS, use https:// and --tls-ca; if it does not, http://)",
+            status.message()
+        ),
         _ => anyhow::anyhow!("{}", status.message()),
     }
 }

@@ -67,6 +67,11 @@ pub struct RewardServerArgs {
     pub accelerators: Option<String>,
     #[arg(long, env = "GRLO_NAME", default_value = "")]
     pub name: String,
+    /// Serve Prometheus metrics over HTTP at /metrics on this address.
+    #[arg(long, env = "GRLO_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub security: crate::cli::security::SecurityArgs,
 }
 
 impl RewardServerArgs {
@@ -114,8 +119,15 @@ pub fn run(args: RewardServerArgs) -> anyhow::Result<String> {
             advertise: args.advertise.clone(),
             accelerators: crate::cli::roles::accelerators(args.accelerators.as_deref())?,
             name: args.name.clone(),
+            client: args.security.worker_client()?,
         }),
         None => None,
+    };
+    let metrics = grlo_proto::metrics::Metrics::new("reward_server");
+    let serving = grlo_reward_server::Serving {
+        security: args.security.server()?,
+        stats: Arc::new(Stats::export(&metrics)),
+        rpc: Some(metrics.rpc()),
     };
     dispatch(
         &args.device,
@@ -123,6 +135,8 @@ pub fn run(args: RewardServerArgs) -> anyhow::Result<String> {
             listen: args.listen,
             config,
             worker,
+            serving,
+            http: args.http_listen.map(|address| (address, metrics)),
         },
     )
 }
@@ -130,6 +144,9 @@ pub fn run(args: RewardServerArgs) -> anyhow::Result<String> {
 struct Serve {
     listen: String,
     config: RewardServerConfig,
+    serving: grlo_reward_server::Serving,
+    /// Where to serve /metrics, and the registry to serve.
+    http: Option<(std::net::SocketAddr, grlo_proto::metrics::Metrics)>,
     /// Set: serve the coordinator's jobs instead of one fixed model.
     worker: Option<grlo_reward_server::worker::WorkerConfig>,
 }
@@ -146,6 +163,10 @@ impl OnBackend for Serve {
         runtime.block_on(async move {
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone())?;
+            if let Some((address, metrics)) = self.http {
+                let router = grlo_proto::metrics::router(metrics, None);
+                grlo_proto::metrics::serve_http(address, router, shutdown.clone()).await?;
+            }
             if let Some(worker) = self.worker {
                 let listen = self.listen.parse().with_context(|| {
                     format!("--listen {} is not an IP address and port", self.listen)
@@ -156,6 +177,7 @@ impl OnBackend for Serve {
                     listen,
                     worker,
                     shutdown,
+                    self.serving,
                 )
                 .await
                 .context("reward server failed")?;
@@ -169,14 +191,14 @@ impl OnBackend for Serve {
             let _ = writeln!(stdout, "{}", json!({ "listening": address }))
                 .and_then(|()| stdout.flush());
             drop(stdout);
-            let stats = Arc::new(Stats::default());
+            let stats = Arc::clone(&self.serving.stats);
             let model = self.config.model.clone();
-            grlo_reward_server::serve::<B>(
+            grlo_reward_server::serve_with::<B>(
                 self.config,
                 device,
                 listener,
                 shutdown,
-                Arc::clone(&stats),
+                self.serving,
             )
             .await
             .context("reward server failed")?;

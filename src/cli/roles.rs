@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::security::SecurityArgs;
+
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
     /// Address to serve on.
@@ -23,6 +25,11 @@ pub struct CoordinatorArgs {
     /// How long an actor holds a rollout task before it goes to another.
     #[arg(long, env = "GRLO_LEASE_MS", default_value_t = 120_000)]
     pub lease_ms: u64,
+    /// Serve the web dashboard (and /metrics) over HTTP here.
+    #[arg(long, env = "GRLO_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +58,11 @@ pub struct LearnerArgs {
     pub accelerators: Option<String>,
     #[arg(long, env = "GRLO_NAME", default_value = "")]
     pub name: String,
+    /// Serve Prometheus metrics over HTTP at /metrics on this address.
+    #[arg(long, env = "GRLO_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +88,11 @@ pub struct ActorArgs {
     pub accelerators: Option<String>,
     #[arg(long, env = "GRLO_NAME", default_value = "")]
     pub name: String,
+    /// Serve Prometheus metrics over HTTP at /metrics on this address.
+    #[arg(long, env = "GRLO_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `KIND:COUNT` → (kind, count); none given → the machine's CPU cores.
@@ -140,6 +157,13 @@ pub async fn cancel_on_signals(shutdown: CancellationToken) {
 }
 
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<String> {
+    let security = args.security.server()?;
+    let admin_token = args.security.admin_token()?;
+    if security.access.worker.is_some() != security.access.admin.is_some() {
+        anyhow::bail!(
+            "the coordinator needs both tokens or neither: with only one, the other kind of caller could never get in (set --worker-token-file and --admin-token-file, or GRLO_WORKER_TOKEN and GRLO_ADMIN_TOKEN)"
+        );
+    }
     serve(|shutdown| async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -150,6 +174,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<String> {
                 heartbeat_interval_ms: args.heartbeat_ms,
                 lease_ms: args.lease_ms,
             },
+            http_listen: args.http_listen,
+            admin_token: admin_token.map(|t| t.expose().to_string()),
+            security,
         };
         grlo_coordinator::run(config, listener, shutdown).await
     })
@@ -157,6 +184,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<String> {
 
 pub fn learner(args: LearnerArgs) -> anyhow::Result<String> {
     let accelerators = accelerators(args.accelerators.as_deref())?;
+    let (security, client) = (args.security.server()?, args.security.worker_client()?);
     serve(|shutdown| async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -169,6 +197,9 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<String> {
             device: args.device,
             accelerators,
             name: args.name,
+            security,
+            client,
+            http_listen: args.http_listen,
         };
         grlo_learner::service::run(config, listener, shutdown).await
     })
@@ -176,16 +207,24 @@ pub fn learner(args: LearnerArgs) -> anyhow::Result<String> {
 
 pub fn actor(args: ActorArgs) -> anyhow::Result<String> {
     let accelerators = accelerators(args.accelerators.as_deref())?;
+    let security = args.security.server()?;
+    let client = args.security.worker_client()?;
+    let metrics = grlo_actor::ActorMetrics::default();
     serve(|shutdown| async move {
+        if let Some(address) = args.http_listen {
+            let router = grlo_proto::metrics::router(metrics.registry.clone(), None);
+            grlo_proto::metrics::serve_http(address, router, shutdown.clone()).await?;
+        }
         if let Some(address) = args.listen {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address}"))?;
             let (reporter, health) = tonic_health::server::health_reporter();
             let stop = shutdown.clone();
+            let mut server = security.builder(None)?;
             tokio::spawn(async move {
                 let _reporter = reporter; // "" reports SERVING while the actor runs
-                let served = tonic::transport::Server::builder()
+                let served = server
                     .add_service(health)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -203,6 +242,8 @@ pub fn actor(args: ActorArgs) -> anyhow::Result<String> {
             device: args.device,
             accelerators,
             name: args.name,
+            client,
+            metrics,
         };
         grlo_actor::run(config, shutdown).await
     })

@@ -40,6 +40,9 @@ pub struct TrainArgs {
     /// Override a setting: `--set actor.optim.lr=1e-4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Serve the coordinator's web dashboard over HTTP here while the job runs.
+    #[arg(long, env = "GRLO_HTTP_LISTEN", value_name = "ADDRESS")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<String> {
@@ -74,7 +77,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<String> {
             run_dir.display()
         );
     }
-    let summary = dispatch(&device, InProcess { config, resume })?;
+    let http_listen = args.http_listen;
+    if let Some(address) = http_listen {
+        eprintln!("grlo train: the dashboard is at http://{address}/");
+    }
+    let summary = dispatch(
+        &device,
+        InProcess {
+            config,
+            resume,
+            http_listen,
+        },
+    )?;
     Ok(serde_json::to_string_pretty(&summary)?)
 }
 
@@ -93,6 +107,7 @@ fn embedded_base() -> PathBuf {
 struct InProcess {
     config: TrainConfig,
     resume: bool,
+    http_listen: Option<SocketAddr>,
 }
 
 impl OnBackend for InProcess {
@@ -134,6 +149,9 @@ impl InProcess {
                     heartbeat_interval_ms: HEARTBEAT_MS,
                     ..Default::default()
                 },
+                http_listen: self.http_listen,
+                admin_token: None,
+                security: Default::default(),
             },
             listener,
             control.clone(),
@@ -149,6 +167,7 @@ impl InProcess {
                 advertise: None,
                 accelerators: shared.clone(),
                 name: "reward-server".into(),
+                client: Default::default(),
             };
             let token = workers.clone();
             async move {
@@ -158,6 +177,7 @@ impl InProcess {
                     reward_address,
                     worker,
                     token,
+                    Default::default(),
                 )
                 .await
                 .map_err(anyhow::Error::from)
@@ -172,6 +192,9 @@ impl InProcess {
                 device: None,
                 accelerators: machine,
                 name: "learner".into(),
+                security: Default::default(),
+                client: Default::default(),
+                http_listen: None,
             },
             loopback().await?,
             workers.clone(),
@@ -183,6 +206,8 @@ impl InProcess {
                 device: self.config.trainer.device.clone(),
                 accelerators: shared,
                 name: "actor".into(),
+                client: Default::default(),
+                metrics: Default::default(),
             },
             workers.clone(),
         ));

@@ -54,6 +54,14 @@ pub struct Cluster {
     pub lease_ms: u64,
     /// `--accelerators` of the workers (default: their CPU cores).
     pub accelerators: Option<String>,
+    /// Where the coordinator serves its dashboard (`--http-listen`); `None`: it does not.
+    pub http_port: Option<u16>,
+    /// Variables set for every process, `grlo ctl` included (TLS files, tokens).
+    pub env: Vec<(String, String)>,
+    /// More flags for one role, by its name.
+    pub extra_args: BTreeMap<String, Vec<String>>,
+    /// The coordinator serves TLS: its URL is https.
+    pub tls: bool,
     children: BTreeMap<String, Child>,
 }
 
@@ -67,6 +75,10 @@ impl Cluster {
             heartbeat_ms,
             lease_ms,
             accelerators: None,
+            http_port: None,
+            env: Vec::new(),
+            extra_args: BTreeMap::new(),
+            tls: false,
             children: BTreeMap::new(),
         }
     }
@@ -89,7 +101,8 @@ impl Cluster {
     }
 
     pub fn coordinator_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.coordinator_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.coordinator_port)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -142,9 +155,14 @@ impl Cluster {
                 actor,
             ]),
         };
+        if let (Some(port), "coordinator") = (self.http_port, name) {
+            command.args(["--http-listen", &format!("127.0.0.1:{port}")]);
+        }
         if let (Some(accelerators), false) = (&self.accelerators, name == "coordinator") {
             command.args(["--accelerators", accelerators]);
         }
+        command.args(self.extra_args.get(name).into_iter().flatten());
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let log = File::options()
             .create(true)
             .append(true)
@@ -196,6 +214,7 @@ impl Cluster {
 
     pub fn ctl_output(&self, args: &[&str]) -> std::process::Output {
         grlo()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["ctl", "--coordinator", &self.coordinator_url(), "--json"])
             .args(args)
             .output()
@@ -352,4 +371,33 @@ pub fn single_process_metrics(dir: &Path, overrides: &[&str]) -> Vec<Value> {
         String::from_utf8_lossy(&output.stderr)
     );
     read_jsonl(&run_dir.join("metrics.jsonl"))
+}
+
+/// One HTTP/1.1 GET on 127.0.0.1 (with `Authorization: Bearer` when given a token):
+/// (status, head, body).
+pub fn http_get(port: u16, path: &str, bearer: Option<&str>) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the port listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let authorization = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or_default();
+    (status, head, body)
 }

@@ -263,9 +263,39 @@ impl State {
         }
         let metrics =
             (!request.step_metrics_json.is_empty()).then(|| request.step_metrics_json.clone());
-        self.save_job(&job_id, now, metrics)?;
+        // A version with metrics is a trained step (the initial policy and a final checkpoint
+        // written on a stop request come without).
+        let record = match &metrics {
+            Some(metrics) if request.step > 0 => {
+                Some(self.step_record(&job_id, request.step, metrics, now)?)
+            }
+            _ => None,
+        };
+        self.save_job_with_step(&job_id, now, metrics, record.as_ref())?;
         self.schedule(now);
         Ok(())
+    }
+
+    /// The history record of a trained step: its metrics and the budget spent by now.
+    fn step_record(
+        &self,
+        job_id: &str,
+        step: u64,
+        metrics_json: &str,
+        now: i64,
+    ) -> Outcome<StepRecord> {
+        let job = &self.jobs[job_id];
+        let config: TrainConfig = toml::from_str(&job.spec_toml).map_err(internal)?;
+        Ok(StepRecord {
+            job_id: job_id.to_string(),
+            step,
+            time_ms: now,
+            metrics_json: metrics_json.to_string(),
+            gpu_seconds_used: job.usage.gpu_total(),
+            gpu_seconds_limit: config.job.gpu_hours * 3600.0,
+            cpu_seconds_used: job.usage.cpu_total(),
+            cpu_seconds_limit: config.job.cpu_hours * 3600.0,
+        })
     }
 
     pub fn weights(&self, job_id: &str) -> Outcome<v1::WeightVersion> {
