@@ -195,4 +195,48 @@ fn every_role_serves_its_metrics_during_a_tiny_job() {
             &["method=\"Score\"", "code=\"Ok\""]
         ) >= 1.0
     );
+
+    // deploy/grafana/metrics.txt (what the Grafana dashboard is checked against) lists exactly
+    // what the roles export.
+    let scraped: Vec<&(String, f64)> = [&c, &l, &a, &r].into_iter().flatten().collect();
+    let listed = listed_metrics();
+    let base = |name: &str| -> String {
+        let name = name.split('{').next().unwrap_or(name);
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(stem) = name.strip_suffix(suffix)
+                && listed.get(stem).is_some_and(|kind| kind == "histogram")
+            {
+                return stem.to_string();
+            }
+        }
+        name.to_string()
+    };
+    let exported: std::collections::BTreeSet<String> =
+        scraped.iter().map(|(name, _)| base(name)).collect();
+    let unlisted: Vec<&String> = exported
+        .iter()
+        .filter(|n| !listed.contains_key(*n))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "exported but not in deploy/grafana/metrics.txt: {unlisted:?}"
+    );
+    let missing: Vec<&String> = listed.keys().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "in deploy/grafana/metrics.txt but not exported: {missing:?}"
+    );
+}
+
+/// deploy/grafana/metrics.txt: name -> type.
+fn listed_metrics() -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(cluster::root().join("deploy/grafana/metrics.txt")).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut fields = l.split_whitespace();
+            let name = fields.next().unwrap().to_string();
+            (name, fields.next().expect("NAME TYPE LABELS").to_string())
+        })
+        .collect()
 }

@@ -166,31 +166,16 @@ async fn register(
     previous: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(String, Duration)> {
-    let request = v1::RegisterWorkerRequest {
-        role: v1::Role::Actor as i32,
-        address: String::new(),
-        accelerators: config
-            .accelerators
-            .iter()
-            .map(|(kind, count)| v1::Accelerator {
-                kind: kind.clone(),
-                count: *count,
-            })
-            .collect(),
-        name: config.name.clone(),
-        previous_worker_id: previous.to_string(),
+    let who = grlo_proto::worker::Registration {
+        role: v1::Role::Actor,
+        address: "",
+        accelerators: &config.accelerators,
+        name: &config.name,
     };
     let mut delay = Duration::from_millis(100);
     loop {
-        match client.register_worker(request.clone()).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                tracing::info!(worker = %response.worker_id, "registered with the coordinator");
-                return Ok((
-                    response.worker_id,
-                    Duration::from_millis(response.heartbeat_interval_ms.max(50) as u64),
-                ));
-            }
+        match grlo_proto::worker::register(client, &who, previous).await {
+            Ok(registered) => return Ok(registered),
             Err(status) => {
                 tracing::warn!(%status, "coordinator unreachable, retrying");
                 pause(delay, shutdown).await;

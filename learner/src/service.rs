@@ -289,28 +289,13 @@ async fn register(
     address: &str,
     previous: &str,
 ) -> Result<(String, Duration), Status> {
-    let response = client
-        .register_worker(v1::RegisterWorkerRequest {
-            role: v1::Role::Learner as i32,
-            address: address.to_string(),
-            accelerators: config
-                .accelerators
-                .iter()
-                .map(|(kind, count)| v1::Accelerator {
-                    kind: kind.clone(),
-                    count: *count,
-                })
-                .collect(),
-            name: config.name.clone(),
-            previous_worker_id: previous.to_string(),
-        })
-        .await?
-        .into_inner();
-    tracing::info!(worker = %response.worker_id, "registered with the coordinator");
-    Ok((
-        response.worker_id,
-        Duration::from_millis(response.heartbeat_interval_ms.max(50) as u64),
-    ))
+    let who = grlo_proto::worker::Registration {
+        role: v1::Role::Learner,
+        address,
+        accelerators: &config.accelerators,
+        name: &config.name,
+    };
+    grlo_proto::worker::register(client, &who, previous).await
 }
 
 async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {

@@ -11,3 +11,4 @@ pub mod status;
 pub use v1::*;
 pub mod metrics;
 pub mod security;
+pub mod worker;

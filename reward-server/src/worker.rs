@@ -214,26 +214,11 @@ async fn register(
     address: &str,
     previous: &str,
 ) -> std::result::Result<(String, Duration), tonic::Status> {
-    let response = client
-        .register_worker(v1::RegisterWorkerRequest {
-            role: v1::Role::RewardServer as i32,
-            address: address.to_string(),
-            accelerators: worker
-                .accelerators
-                .iter()
-                .map(|(kind, count)| v1::Accelerator {
-                    kind: kind.clone(),
-                    count: *count,
-                })
-                .collect(),
-            name: worker.name.clone(),
-            previous_worker_id: previous.to_string(),
-        })
-        .await?
-        .into_inner();
-    info!(worker = %response.worker_id, "registered with the coordinator");
-    Ok((
-        response.worker_id,
-        Duration::from_millis(response.heartbeat_interval_ms.max(50) as u64),
-    ))
+    let who = grlo_proto::worker::Registration {
+        role: v1::Role::RewardServer,
+        address,
+        accelerators: &worker.accelerators,
+        name: &worker.name,
+    };
+    grlo_proto::worker::register(client, &who, previous).await
 }

@@ -1,6 +1,8 @@
 //! A read of the state for the metrics endpoint: counts and per-job numbers, copied out so
 //! the scrape holds the state thread for as little as possible.
 
+use std::collections::BTreeMap;
+
 use super::State;
 use crate::records::TaskState;
 
@@ -48,8 +50,8 @@ impl State {
                 reward_mean: serde_json::from_str::<serde_json::Value>(&job.last_metrics_json)
                     .ok()
                     .and_then(|m| m.get("reward_mean").and_then(serde_json::Value::as_f64)),
-                gpu_seconds: job.usage.gpu_seconds.clone().into_iter().collect(),
-                cpu_seconds: job.usage.cpu_seconds.clone().into_iter().collect(),
+                gpu_seconds: by_kind(&job.usage.gpu_seconds, &job.usage.cpu_seconds),
+                cpu_seconds: by_kind(&job.usage.cpu_seconds, &job.usage.gpu_seconds),
             })
             .collect();
         let workers = self
@@ -63,4 +65,14 @@ impl State {
             workers,
         }
     }
+}
+
+/// `seconds` by kind of work, with 0 for the kinds only `other` has: GPU and CPU series
+/// exist for the same kinds, whichever devices the workers have.
+fn by_kind(seconds: &BTreeMap<String, f64>, other: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
+    let mut all = seconds.clone();
+    for kind in other.keys() {
+        all.entry(kind.clone()).or_insert(0.0);
+    }
+    all.into_iter().collect()
 }
