@@ -136,14 +136,7 @@ fn worker_message(worker: &WorkerRecord) -> v1::Worker {
         name: worker.name.clone(),
         role: role as i32,
         address: worker.address.clone(),
-        accelerators: worker
-            .accelerators
-            .iter()
-            .map(|(kind, count)| v1::Accelerator {
-                kind: kind.clone(),
-                count: *count,
-            })
-            .collect(),
+        accelerators: grlo_proto::worker::accelerators(&worker.accelerators),
         activity: activity as i32,
         job_id: worker.job_id.clone().unwrap_or_default(),
         weight_version: worker.weight_version,

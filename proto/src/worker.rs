@@ -16,6 +16,16 @@ pub struct Registration<'a> {
     pub name: &'a str,
 }
 
+/// (kind, count) pairs as the protocol's accelerators.
+pub fn accelerators(list: &[(String, u32)]) -> Vec<v1::Accelerator> {
+    list.iter()
+        .map(|(kind, count)| v1::Accelerator {
+            kind: kind.clone(),
+            count: *count,
+        })
+        .collect()
+}
+
 /// Registers with the coordinator, as `previous` again when it is not empty (after a
 /// coordinator restart that forgot the worker): the worker's id and how often to heartbeat.
 pub async fn register(
@@ -26,14 +36,7 @@ pub async fn register(
     let request = v1::RegisterWorkerRequest {
         role: who.role as i32,
         address: who.address.to_string(),
-        accelerators: who
-            .accelerators
-            .iter()
-            .map(|(kind, count)| v1::Accelerator {
-                kind: kind.clone(),
-                count: *count,
-            })
-            .collect(),
+        accelerators: accelerators(who.accelerators),
         name: who.name.to_string(),
         previous_worker_id: previous.to_string(),
     };
