@@ -22,33 +22,16 @@ pub use service::{CoordinatorService, StateHandle, now_ms};
 pub use state::{Settings, State};
 
 /// How the coordinator runs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
     /// Where the database lives.
     pub data_dir: PathBuf,
     pub settings: Settings,
     /// Serve the web dashboard (page and JSON API) over HTTP here; `None`: no dashboard.
     pub http_listen: Option<SocketAddr>,
-    /// The dashboard's JSON API answers only requests with `Authorization: Bearer TOKEN`.
-    pub admin_token: Option<String>,
-    /// TLS and the tokens of the gRPC service.
+    /// TLS and the tokens of the gRPC service; the dashboard's JSON API takes the same admin
+    /// token (`Authorization: Bearer TOKEN`). Its Debug output never shows a token.
     pub security: grlo_proto::security::ServerSecurity,
-}
-
-/// By hand, so that logging the configuration never logs the token.
-impl std::fmt::Debug for CoordinatorConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoordinatorConfig")
-            .field("data_dir", &self.data_dir)
-            .field("settings", &self.settings)
-            .field("http_listen", &self.http_listen)
-            .field("security", &self.security)
-            .field(
-                "admin_token",
-                &self.admin_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
 }
 
 /// Serves the Coordinator service (and gRPC health) on `listener` until `shutdown` is
@@ -69,7 +52,12 @@ pub async fn run(
             serve_dashboard(
                 address,
                 handle.clone(),
-                config.admin_token.clone(),
+                config
+                    .security
+                    .access
+                    .admin
+                    .as_ref()
+                    .map(|t| t.expose().to_string()),
                 grlo_proto::metrics::router(metrics.clone(), Some(refresh)),
                 http_stop,
             )

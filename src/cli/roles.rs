@@ -158,7 +158,6 @@ pub async fn cancel_on_signals(shutdown: CancellationToken) {
 
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<String> {
     let security = args.security.server()?;
-    let admin_token = args.security.admin_token()?;
     if security.access.worker.is_some() != security.access.admin.is_some() {
         anyhow::bail!(
             "the coordinator needs both tokens or neither: with only one, the other kind of caller could never get in (set --worker-token-file and --admin-token-file, or GRLO_WORKER_TOKEN and GRLO_ADMIN_TOKEN)"
@@ -175,7 +174,6 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<String> {
                 lease_ms: args.lease_ms,
             },
             http_listen: args.http_listen,
-            admin_token: admin_token.map(|t| t.expose().to_string()),
             security,
         };
         grlo_coordinator::run(config, listener, shutdown).await

@@ -46,14 +46,14 @@ impl SecurityArgs {
         }
     }
 
-    pub fn worker_token(&self) -> anyhow::Result<Option<Secret>> {
+    fn worker_token(&self) -> anyhow::Result<Option<Secret>> {
         Ok(load_token(
             self.worker_token_file.as_deref(),
             "GRLO_WORKER_TOKEN",
         )?)
     }
 
-    pub fn admin_token(&self) -> anyhow::Result<Option<Secret>> {
+    fn admin_token(&self) -> anyhow::Result<Option<Secret>> {
         Ok(load_token(
             self.admin_token_file.as_deref(),
             "GRLO_ADMIN_TOKEN",

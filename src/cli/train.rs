@@ -150,7 +150,6 @@ impl InProcess {
                     ..Default::default()
                 },
                 http_listen: self.http_listen,
-                admin_token: None,
                 security: Default::default(),
             },
             listener,
