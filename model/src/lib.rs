@@ -6,6 +6,7 @@ pub mod backend;
 pub mod chat_template;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod generate;
 mod jinja_python;
 pub mod layers;
