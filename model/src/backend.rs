@@ -1,7 +1,22 @@
-//! The Burn backends the binary is built with, chosen by cargo features.
+//! The Burn backends the binary is built with, chosen by cargo features, and the operations
+//! grlo adds to them.
 //!
 //! `flex` (pure Rust, `gemm` kernels) is the default CPU backend: measured faster than
 //! `ndarray` on every workload here (see ARCHITECTURE.md). `cuda` adds NVIDIA GPUs.
+//!
+//! [`ModelBackend`] is a Burn backend plus the two operations whose memory decides how long a
+//! sequence can be trained: block-wise attention and the language-model head's per-token
+//! log-probabilities. Their default bodies are written in Burn tensor ops, so every backend
+//! runs them as they are; the autodiff backend overrides both with a custom backward that
+//! recomputes block by block instead of keeping `[t, t]` scores or `[tokens, vocab]` logits.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
+
+use crate::attention::{AttentionSpec, blockwise};
+use crate::lm_head::{self, TokenLogprobs};
 
 /// The CPU backend.
 #[cfg(feature = "flex")]
@@ -19,3 +34,107 @@ pub type CudaBf16 = burn::backend::Cuda<half::bf16>;
 
 #[cfg(not(any(feature = "flex", feature = "ndarray")))]
 compile_error!("grlo-model needs a CPU backend: enable the `flex` or `ndarray` feature");
+
+/// A Burn backend with grlo's memory-efficient operations.
+pub trait ModelBackend: Backend {
+    /// Elements of one block of attention scores (`batch × heads × query block × key block`):
+    /// larger blocks mean fewer, larger operations (what a GPU wants), smaller ones less memory.
+    fn attention_block_elements() -> usize {
+        1 << 22
+    }
+
+    /// Elements of one chunk of vocabulary logits (`tokens × vocab`) in the log-prob head.
+    fn logits_chunk_elements() -> usize {
+        1 << 24
+    }
+
+    /// Grouped-query attention computed block by block (see [`crate::attention`]):
+    /// `q: [batch, kv_heads, queries * groups, head_dim]` (query-major, the heads of a group
+    /// adjacent), `k, v: [batch, kv_heads, keys, head_dim]` → the output in `q`'s layout.
+    fn block_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        spec: &AttentionSpec,
+    ) -> Tensor<Self, 4> {
+        blockwise::forward(q, k, v, spec).0
+    }
+
+    /// The log-probability of each target token under `hidden · weight` (and the entropy of
+    /// that distribution when asked), computed a chunk of tokens at a time:
+    /// `hidden: [tokens, d]`, `weight: [d, vocab]`, `targets: [tokens]`.
+    fn token_logprobs(
+        hidden: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        with_entropy: bool,
+    ) -> TokenLogprobs<Self> {
+        lm_head::forward(hidden, weight, targets, with_entropy)
+    }
+}
+
+/// An autodiff backend whose inner backend is a [`ModelBackend`] too (the learner's bound).
+pub trait ModelAutodiffBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
+
+impl<T> ModelAutodiffBackend for T
+where
+    T: AutodiffBackend + ModelBackend,
+    T::InnerBackend: ModelBackend,
+{
+}
+
+#[cfg(feature = "flex")]
+impl ModelBackend for burn::backend::Flex {}
+
+#[cfg(feature = "ndarray")]
+impl ModelBackend for burn::backend::NdArray {}
+
+#[cfg(feature = "cuda")]
+impl ModelBackend for Cuda {
+    fn attention_block_elements() -> usize {
+        1 << 26
+    }
+
+    fn logits_chunk_elements() -> usize {
+        1 << 27
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl ModelBackend for CudaBf16 {
+    fn attention_block_elements() -> usize {
+        1 << 26
+    }
+
+    fn logits_chunk_elements() -> usize {
+        1 << 27
+    }
+}
+
+impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn attention_block_elements() -> usize {
+        B::attention_block_elements()
+    }
+
+    fn logits_chunk_elements() -> usize {
+        B::logits_chunk_elements()
+    }
+
+    fn block_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        spec: &AttentionSpec,
+    ) -> Tensor<Self, 4> {
+        crate::attention::autodiff::block_attention::<B, C>(q, k, v, spec)
+    }
+
+    fn token_logprobs(
+        hidden: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        with_entropy: bool,
+    ) -> TokenLogprobs<Self> {
+        lm_head::autodiff::token_logprobs::<B, C>(hidden, weight, targets, with_entropy)
+    }
+}

@@ -2,6 +2,7 @@
 //! safetensors checkpoints, tokenizers and chat templates, forward passes with a KV cache,
 //! and batched generation.
 
+pub mod attention;
 pub mod backend;
 pub mod chat_template;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod export;
 pub mod generate;
 mod jinja_python;
 pub mod layers;
+pub mod lm_head;
 pub mod model;
 pub mod params;
 pub mod pretrained;

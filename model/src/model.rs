@@ -7,9 +7,11 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::backend::ModelBackend;
 use crate::config::{HeadKind, ModelConfig};
 use crate::error::{Error, Result};
 use crate::layers::{Attention, AttentionMask, DecoderLayer, LayerCache, Linear, Mlp, RmsNorm};
+use crate::lm_head::TokenLogprobs;
 use crate::params::{ParamSource, RandomInit, hf_names};
 use crate::rope::Rope;
 use crate::safetensors_io::WeightFiles;
@@ -445,6 +447,28 @@ impl<B: Backend> Model<B> {
     /// Number of parameters.
     pub fn num_parameters(&self) -> usize {
         self.num_params()
+    }
+}
+
+impl<B: ModelBackend> Model<B> {
+    /// The log-probability of each target token under the language-model head, and the
+    /// entropy of the predictive distribution when asked, for hidden states `[n, hidden]` and
+    /// `n` targets: computed a chunk of tokens at a time, never the whole `[n, vocab]` logits
+    /// (see [`crate::lm_head`]).
+    pub fn token_logprobs(
+        &self,
+        hidden: Tensor<B, 2>,
+        targets: &[u32],
+        with_entropy: bool,
+    ) -> TokenLogprobs<B> {
+        let weight = match &self.lm_head {
+            Some(head) => head.val(),
+            None => self.embed.val().transpose(), // [hidden, vocab]
+        };
+        let n = targets.len();
+        let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &self.device());
+        B::token_logprobs(hidden, weight, targets, with_entropy)
     }
 }
 

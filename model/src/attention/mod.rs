@@ -1,0 +1,275 @@
+//! Attention whose memory is linear in the sequence length, forward and backward.
+//!
+//! Scores are computed one block of queries × one block of keys at a time with an online
+//! softmax (FlashAttention-2, Algorithm 1); the forward keeps only the output and each query's
+//! log-sum-exp, and the backward recomputes every block's probabilities from them (Algorithm
+//! 2), so no `[t, t]` tensor lives beyond one block. Masks are never materialised for the
+//! whole pass: which keys a query sees follows from per-row key windows and causality, blocks
+//! that nothing sees are skipped, and a block that is partly hidden gets a bias of its own
+//! size (built once per pass and shared by the layers).
+//!
+//! Grouped-query attention uses the key and value heads as they are: the queries of the heads
+//! sharing a key head are stacked along the query axis (`[batch, kv_heads, queries * groups,
+//! head_dim]`, query-major), so one matmul serves the whole group.
+//!
+//! - [`blockwise`]: the forward and backward passes in Burn tensor ops (every backend).
+//! - [`autodiff`]: the custom backward that makes them one differentiable operation.
+//! - [`reference`]: the materialised computation the block-wise one is tested against.
+
+pub mod autodiff;
+pub mod blockwise;
+pub mod reference;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorCreationOptions, TensorData};
+
+/// A value added to attention scores to hide a key: finite, so that the online softmax never
+/// computes `inf - inf`.
+pub const MASKED: f32 = -1e30;
+
+/// What every query of one attention pass may see, and how the pass is cut into blocks.
+///
+/// Query `i` of a row sits at key position `offset + i` (`offset = keys - queries`: the cached
+/// keys come first). It sees key `k` when `k <= offset + i` (causal) and `k` lies in its row's
+/// window `[key_start, key_end)` (left padding before it, right padding after it). A query that
+/// sees no key at all (a left-padding position) gets an output of zero.
+#[derive(Clone, Debug)]
+pub struct AttentionSpec {
+    pub batch: usize,
+    pub kv_heads: usize,
+    /// Query heads per key/value head.
+    pub groups: usize,
+    pub head_dim: usize,
+    /// New tokens per row.
+    pub queries: usize,
+    /// Keys per row (cached ones first, then the new tokens').
+    pub keys: usize,
+    /// Per row, the first key it may see.
+    pub key_start: Vec<usize>,
+    /// Per row, one past the last key it may see.
+    pub key_end: Vec<usize>,
+    /// Multiplies the scores (`head_dim^-0.5`).
+    pub scale: f64,
+    pub query_block: usize,
+    pub key_block: usize,
+    /// Block biases already built for this pass, per backend (see [`AttentionSpec::bias`]).
+    biases: Arc<Mutex<HashMap<BiasKey, Box<dyn Any + Send>>>>,
+}
+
+/// A block of queries and keys, named by where it starts and how long it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BiasKey {
+    /// The backend's type, so one spec can serve a backend and its autodiff wrapper.
+    backend: std::any::TypeId,
+    queries: (usize, usize),
+    keys: (usize, usize),
+}
+
+impl AttentionSpec {
+    /// A pass of `queries` new tokens per row over `keys` keys, with per-row key windows
+    /// (`None`: every row sees all its keys). Blocks hold about `block_elements` scores.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        batch: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        queries: usize,
+        keys: usize,
+        windows: Option<Vec<(usize, usize)>>,
+        block_elements: usize,
+    ) -> Self {
+        let (key_start, key_end) = match windows {
+            Some(windows) => {
+                assert_eq!(windows.len(), batch, "one key window per row");
+                windows
+                    .into_iter()
+                    .map(|(start, end)| (start.min(keys), end.min(keys)))
+                    .unzip()
+            }
+            None => (vec![0; batch], vec![keys; batch]),
+        };
+        let (query_block, key_block) = block_sizes(batch * heads, queries, keys, block_elements);
+        AttentionSpec {
+            batch,
+            kv_heads,
+            groups: heads / kv_heads,
+            head_dim,
+            queries,
+            keys,
+            key_start,
+            key_end,
+            scale: (head_dim as f64).powf(-0.5),
+            query_block,
+            key_block,
+            biases: Arc::default(),
+        }
+    }
+
+    /// Uses these block sizes instead (tests use small ones to exercise many blocks).
+    pub fn with_blocks(mut self, query_block: usize, key_block: usize) -> Self {
+        self.query_block = query_block.max(1);
+        self.key_block = key_block.max(1);
+        self.biases = Arc::default();
+        self
+    }
+
+    /// Key position of query 0.
+    pub fn offset(&self) -> usize {
+        self.keys - self.queries
+    }
+
+    pub fn query_blocks(&self) -> Vec<Range<usize>> {
+        blocks(self.queries, self.query_block)
+    }
+
+    pub fn key_blocks(&self) -> Vec<Range<usize>> {
+        blocks(self.keys, self.key_block)
+    }
+
+    /// Whether query `query` of row `row` sees key `key`.
+    pub fn sees(&self, row: usize, query: usize, key: usize) -> bool {
+        key <= self.offset() + query && key >= self.key_start[row] && key < self.key_end[row]
+    }
+
+    /// Whether any query of the block sees any key of it (else the block is skipped).
+    pub fn visible(&self, queries: &Range<usize>, keys: &Range<usize>) -> bool {
+        (0..self.batch).any(|row| {
+            let lo = keys.start.max(self.key_start[row]);
+            let hi = keys
+                .end
+                .min(self.key_end[row])
+                .min(self.offset() + queries.end);
+            lo < hi
+        })
+    }
+
+    /// Whether some query sees no key at all, so outputs must be zeroed where nothing is seen.
+    pub fn has_blind_queries(&self) -> bool {
+        (0..self.batch).any(|row| {
+            self.key_start[row] >= self.key_end[row] || self.key_start[row] > self.offset()
+        })
+    }
+
+    /// Whether every row has the same window (the block biases are then shared by the rows).
+    fn uniform_windows(&self) -> bool {
+        self.key_start.iter().all(|&s| s == self.key_start[0])
+            && self.key_end.iter().all(|&e| e == self.key_end[0])
+    }
+
+    /// Whether some query of the block fails to see some key of it.
+    fn needs_mask(&self, queries: &Range<usize>, keys: &Range<usize>) -> bool {
+        let causal = keys.end - 1 > self.offset() + queries.start;
+        let windows = (0..self.batch)
+            .any(|row| self.key_start[row] > keys.start || self.key_end[row] < keys.end);
+        causal || windows
+    }
+
+    /// The additive bias of a block, `[rows, 1, queries * groups * keys]` in f32 with `rows` 1
+    /// when every row has the same window (else `batch`): 0 where a query sees a key, [`MASKED`]
+    /// elsewhere; `None` when the block hides nothing. Built once per pass and backend.
+    pub fn bias<B: Backend>(
+        &self,
+        queries: &Range<usize>,
+        keys: &Range<usize>,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 3>> {
+        if !self.needs_mask(queries, keys) {
+            return None;
+        }
+        let key = BiasKey {
+            backend: std::any::TypeId::of::<B>(),
+            queries: (queries.start, queries.len()),
+            keys: (keys.start, keys.len()),
+        };
+        let mut cache = self.biases.lock().expect("not poisoned");
+        if let Some(bias) = cache
+            .get(&key)
+            .and_then(|b| b.downcast_ref::<Tensor<B, 3>>())
+        {
+            return Some(bias.clone());
+        }
+        let rows = if self.uniform_windows() {
+            1
+        } else {
+            self.batch
+        };
+        let per_row = queries.len() * self.groups * keys.len();
+        let mut values = Vec::with_capacity(rows * per_row);
+        for row in 0..rows {
+            for q in queries.clone() {
+                for _ in 0..self.groups {
+                    values.extend(
+                        keys.clone()
+                            .map(|k| if self.sees(row, q, k) { 0.0 } else { MASKED }),
+                    );
+                }
+            }
+        }
+        let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F32);
+        let bias = Tensor::<B, 3>::from_data(TensorData::new(values, [rows, 1, per_row]), options);
+        cache.insert(key, Box::new(bias.clone()));
+        Some(bias)
+    }
+}
+
+/// Query and key block sizes for `heads_total = batch × heads` score matrices of
+/// `queries × keys` within a budget of `elements` scores a block.
+fn block_sizes(heads_total: usize, queries: usize, keys: usize, elements: usize) -> (usize, usize) {
+    let per_head = (elements / heads_total.max(1)).max(256);
+    // Square blocks, a power of two on a side, when both dimensions are long.
+    let side = 1usize << ((per_head as f64).sqrt().log2().floor() as u32);
+    let query_block = queries.min(side).max(1);
+    let key_block = keys.min((per_head / query_block).max(side)).max(1);
+    (query_block, key_block)
+}
+
+fn blocks(len: usize, size: usize) -> Vec<Range<usize>> {
+    (0..len.div_ceil(size))
+        .map(|i| i * size..((i + 1) * size).min(len))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_fit_the_budget() {
+        // 4 rows × 32 heads, 4096 × 4096, 2^22 scores a block: 128 × 256.
+        let (q, k) = block_sizes(128, 4096, 4096, 1 << 22);
+        assert!(q * k * 128 <= 1 << 22, "{q} {k}");
+        assert_eq!((q, k), (128, 256));
+        // Decoding: one query, every key in one block when they fit.
+        assert_eq!(block_sizes(128, 1, 3000, 1 << 22), (1, 3000));
+        // Short passes are one block.
+        assert_eq!(block_sizes(8, 10, 10, 1 << 22), (10, 10));
+    }
+
+    #[test]
+    fn visibility_follows_causality_and_windows() {
+        // Two rows of 6 keys, 4 new queries (2 cached keys); row 1 starts at key 3.
+        let spec = AttentionSpec::new(2, 2, 1, 4, 4, 6, Some(vec![(0, 6), (3, 6)]), 1 << 20)
+            .with_blocks(2, 2);
+        assert_eq!(spec.offset(), 2);
+        assert!(spec.sees(0, 0, 2) && !spec.sees(0, 0, 3));
+        assert!(!spec.sees(1, 0, 2) && spec.sees(1, 1, 3));
+        assert!(spec.has_blind_queries(), "row 1's query 0 sees nothing");
+        // Queries 0..2 (positions 2, 3) never see keys 4..6.
+        assert!(!spec.visible(&(0..2), &(4..6)));
+        assert!(spec.visible(&(2..4), &(4..6)));
+        // Keys 0..2 of the first query block: row 0 sees them, so the block runs, with a mask
+        // because row 1 does not.
+        assert!(spec.visible(&(0..2), &(0..2)) && spec.needs_mask(&(0..2), &(0..2)));
+        let full = AttentionSpec::new(1, 1, 1, 4, 4, 4, None, 1 << 20).with_blocks(2, 2);
+        assert!(!full.needs_mask(&(2..4), &(0..2)), "below the diagonal");
+        assert!(full.needs_mask(&(0..2), &(0..2)), "on the diagonal");
+        assert!(!full.visible(&(0..2), &(2..4)), "above the diagonal");
+        assert!(!full.has_blind_queries());
+    }
+}
