@@ -1,6 +1,6 @@
 //! Choosing the Burn backend and device from `--device`.
 
-use burn::tensor::backend::Backend;
+use grlo_model::backend::ModelBackend;
 
 /// A compute device named on the command line: `cpu`, `cuda` or `cuda:N`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl std::str::FromStr for DeviceArg {
 /// Work that runs on whichever backend the device selects.
 pub trait OnBackend {
     type Output;
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Self::Output>;
 }
 
 /// Runs `work` on the backend of `device`.

@@ -3,12 +3,12 @@
 //! has them scored by the reward server, streams the trajectories to the learner and reports
 //! the task done. Peers that are away are retried with back-off until the task's lease ends.
 
+use grlo_model::backend::ModelBackend;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::Backend;
 use grlo_learner::rollout::{PromptTask, RolloutParams, rollout};
 use grlo_learner::trajectory::Trajectory;
 use grlo_learner::wire::to_wire;
@@ -244,11 +244,11 @@ trait Generate: Send {
     ) -> grlo_learner::Result<Vec<Trajectory>>;
 }
 
-struct OnBackend<B: Backend> {
+struct OnBackend<B: ModelBackend> {
     model: Model<B>,
 }
 
-impl<B: Backend> Generate for OnBackend<B> {
+impl<B: ModelBackend> Generate for OnBackend<B> {
     fn rollout(
         &self,
         tasks: &[PromptTask],

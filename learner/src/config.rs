@@ -256,8 +256,14 @@ pub struct ActorSection {
     pub use_kl_loss: bool,
     pub kl_loss_coef: f32,
     pub kl_loss_type: KlEstimator,
-    /// Recompute activations in the backward pass instead of keeping them.
+    /// Keep only each decoder layer's input during the forward and recompute the layer in
+    /// the backward pass (see `grlo_model::checkpointing`).
     pub gradient_checkpointing: bool,
+    /// Where the policy trains (`cpu`, `cuda`, `cuda:N`); default `trainer.device`.
+    pub device: Option<String>,
+    /// Where the frozen reference (for KL terms) lives; default the policy's device. It is
+    /// held in bf16 on CUDA.
+    pub reference_device: Option<String>,
 }
 
 impl Default for ActorSection {
@@ -284,6 +290,8 @@ impl Default for ActorSection {
             kl_loss_coef: 0.001,
             kl_loss_type: KlEstimator::K3,
             gradient_checkpointing: false,
+            device: None,
+            reference_device: None,
         }
     }
 }
@@ -297,6 +305,11 @@ pub struct CriticSection {
     pub micro_batch_tokens: usize,
     pub cliprange_value: f32,
     pub loss_agg_mode: LossAggregation,
+    /// As `actor.gradient_checkpointing`, for the value model.
+    pub gradient_checkpointing: bool,
+    /// Where the critic trains; default `trainer.device` (e.g. `cuda:1` beside a policy on
+    /// `cuda:0`).
+    pub device: Option<String>,
 }
 
 impl Default for CriticSection {
@@ -310,6 +323,8 @@ impl Default for CriticSection {
             micro_batch_tokens: 16384,
             cliprange_value: 0.5,
             loss_agg_mode: LossAggregation::TokenMean,
+            gradient_checkpointing: false,
+            device: None,
         }
     }
 }
@@ -332,6 +347,20 @@ pub struct TrainerSection {
     pub seed: u64,
     /// Storage dtype of saved weights (`f32`, `bf16`).
     pub save_dtype: String,
+    /// What matmuls and attention compute in: `bf16` (mixed precision: f32 master weights,
+    /// gradients and AdamW moments; norms, softmax, log-probs, values and losses in f32),
+    /// `f32`, or `auto` (bf16 on CUDA, f32 on CPU).
+    pub precision: PrecisionSetting,
+}
+
+/// `trainer.precision`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionSetting {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
 }
 
 impl Default for TrainerSection {
@@ -345,6 +374,7 @@ impl Default for TrainerSection {
             device: "cpu".into(),
             seed: 42,
             save_dtype: "f32".into(),
+            precision: PrecisionSetting::Auto,
         }
     }
 }
@@ -381,6 +411,40 @@ mod defaults {
     }
     pub fn grad_clip() -> f64 {
         1.0
+    }
+}
+
+/// A compute device as the configuration names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeviceName {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceName {
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cpu" => Some(DeviceName::Cpu),
+            "cuda" => Some(DeviceName::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceName::Cuda),
+        }
+    }
+
+    pub fn is_cuda(self) -> bool {
+        matches!(self, DeviceName::Cuda(_))
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceName::Cpu => write!(f, "cpu"),
+            DeviceName::Cuda(i) => write!(f, "cuda:{i}"),
+        }
     }
 }
 
@@ -619,11 +683,39 @@ impl TrainConfig {
                 .contains(&self.trainer.save_dtype.as_str()),
             "trainer.save_dtype must be f32, bf16 or f16",
         );
-        check(
-            &mut problems,
-            self.trainer.device == "cpu" || self.trainer.device.starts_with("cuda"),
-            "trainer.device must be cpu, cuda or cuda:N",
-        );
+        let devices = [
+            ("trainer.device", Some(&self.trainer.device)),
+            ("actor.device", a.device.as_ref()),
+            ("critic.device", self.critic.device.as_ref()),
+            ("actor.reference_device", a.reference_device.as_ref()),
+        ];
+        let mut kinds = Vec::new();
+        for (key, device) in devices {
+            let Some(device) = device else { continue };
+            match DeviceName::parse(device) {
+                Some(parsed) => kinds.push((key, parsed.is_cuda())),
+                None => problems.push(format!(
+                    "{key} must be cpu, cuda or cuda:N (got \"{device}\")"
+                )),
+            }
+        }
+        if kinds.iter().any(|(_, cuda)| *cuda) && kinds.iter().any(|(_, cuda)| !*cuda) {
+            let names: Vec<String> = kinds
+                .iter()
+                .map(|(key, cuda)| format!("{key} = {}", if *cuda { "cuda" } else { "cpu" }))
+                .collect();
+            problems.push(format!(
+                "one learner trains on CPU or on CUDA devices, not both: {}",
+                names.join(", ")
+            ));
+        }
+        if self.trainer.precision == PrecisionSetting::Bf16 && !self.trains_on_cuda() {
+            problems.push(
+                "trainer.precision = \"bf16\" needs a CUDA device: the CPU backend computes in f32 \
+                 (use \"f32\" or \"auto\")"
+                    .into(),
+            );
+        }
         let group_estimators = [
             AdvantageEstimator::Grpo,
             AdvantageEstimator::DrGrpo,
@@ -643,6 +735,56 @@ impl TrainConfig {
                 source_name: source_name.into(),
                 problems,
             })
+        }
+    }
+
+    /// Whether the models train on CUDA devices.
+    pub fn trains_on_cuda(&self) -> bool {
+        self.policy_device().is_cuda()
+    }
+
+    /// Where the policy trains.
+    pub fn policy_device(&self) -> DeviceName {
+        let name = self.actor.device.as_ref().unwrap_or(&self.trainer.device);
+        DeviceName::parse(name).unwrap_or(DeviceName::Cpu)
+    }
+
+    /// Where the critic trains.
+    pub fn critic_device(&self) -> DeviceName {
+        let name = self.critic.device.as_ref().unwrap_or(&self.trainer.device);
+        DeviceName::parse(name).unwrap_or(DeviceName::Cpu)
+    }
+
+    /// Where the reference policy lives.
+    pub fn reference_device(&self) -> DeviceName {
+        match &self.actor.reference_device {
+            Some(name) => DeviceName::parse(name).unwrap_or(DeviceName::Cpu),
+            None => self.policy_device(),
+        }
+    }
+
+    /// The distinct devices the learner's models use.
+    pub fn learner_devices(&self) -> Vec<DeviceName> {
+        let mut devices = vec![self.policy_device()];
+        if self.uses_critic() {
+            devices.push(self.critic_device());
+        }
+        if self.uses_reference() {
+            devices.push(self.reference_device());
+        }
+        devices.sort();
+        devices.dedup();
+        devices
+    }
+
+    /// What the models compute in: `auto` is bf16 on CUDA and f32 on CPU.
+    pub fn precision(&self) -> grlo_model::model::Precision {
+        use grlo_model::model::Precision;
+        match self.trainer.precision {
+            PrecisionSetting::F32 => Precision::F32,
+            PrecisionSetting::Bf16 => Precision::Bf16,
+            PrecisionSetting::Auto if self.trains_on_cuda() => Precision::Bf16,
+            PrecisionSetting::Auto => Precision::F32,
         }
     }
 

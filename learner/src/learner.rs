@@ -4,17 +4,25 @@
 //! One step: values of the current critic and log-probs of the reference (when a KL term asks
 //! for them), token rewards, advantages, then `ppo_epochs` passes over the batch in
 //! mini-batches (one optimizer update each), every mini-batch split into micro-batches within
-//! a token budget whose gradients accumulate. A non-finite loss or gradient rejects the whole
-//! step: the models and optimizers go back to where the step began.
+//! a token budget whose gradients accumulate.
+//!
+//! Nothing is copied to be able to undo a step (at 4B parameters a copy of the policy, the
+//! critic and both AdamW moment sets is ~96 GB). Instead a step is checked before it is
+//! applied: non-finite rewards, values, advantages or returns reject the step before any
+//! update, and a non-finite loss or gradient norm in a mini-batch rejects that update before
+//! it is applied (verl checks the gradient norm the same way); the step's later updates are
+//! then skipped too, and its earlier ones stay. An interrupted step (see `Learner::interrupt`)
+//! leaves the learner part-way through: the caller reloads from its last checkpoint.
 
+use grlo_model::backend::{ModelAutodiffBackend, ModelBackend};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::{ElementConversion, Tensor};
 use grlo_model::Model;
+use grlo_model::checkpointing::TrainingForward;
 use grlo_model::model::to_f32_vec;
 use serde::Serialize;
 
@@ -25,11 +33,14 @@ use crate::loss::{
     aggregate, kl_penalty, kl_penalty_host, policy_loss, truncated_is_weights, value_loss,
 };
 use crate::optim::{AdamW, scheduled_lr};
-use crate::sequences::{SequenceBatch, response_logprobs, response_values, split_by_tokens};
+use crate::sequences::{
+    SequenceBatch, response_logprobs, response_logprobs_training, response_values,
+    response_values_training, split_by_tokens,
+};
 use crate::trajectory::Trajectory;
 
 /// Policy, critic, reference and optimizers.
-pub struct Learner<A: AutodiffBackend> {
+pub struct Learner<A: ModelAutodiffBackend> {
     pub config: TrainConfig,
     pub policy: Model<A>,
     pub critic: Option<Model<A>>,
@@ -40,8 +51,9 @@ pub struct Learner<A: AutodiffBackend> {
     pub step: usize,
     /// Steps the run will take, for learning-rate schedules.
     pub total_steps: usize,
-    /// Set from another thread to abandon the step in progress (checked between micro-batches):
-    /// the step leaves the weights, optimizers and step count as they were.
+    /// Set from another thread to abandon the step in progress (checked between micro-batches).
+    /// The updates the step applied before it stay, so an interrupted learner must not be
+    /// saved or trained further: reload it from its last checkpoint.
     pub interrupt: Arc<AtomicBool>,
 }
 
@@ -63,9 +75,10 @@ pub struct TrainStats {
     pub advantage_mean: f64,
     pub return_mean: f64,
     pub updates: usize,
-    /// Set when a non-finite loss or gradient rejected the step (nothing was applied).
+    /// Set when non-finite inputs rejected the step (nothing was applied), or a non-finite loss
+    /// or gradient rejected one of its updates (that one and the rest were not applied).
     pub rejected: Option<String>,
-    /// Set when `interrupt` abandoned the step (nothing was applied, the step not counted).
+    /// Set when `interrupt` abandoned the step (the step not counted; see `Learner::interrupt`).
     #[serde(skip)]
     pub interrupted: bool,
 }
@@ -84,52 +97,59 @@ struct StepData {
     returns: Vec<Vec<f32>>,
 }
 
+impl StepData {
+    /// Rejects a step whose inputs are not finite, before anything is applied.
+    fn check_finite(&self) -> Result<(), String> {
+        let rows: [(&str, Option<&Vec<Vec<f32>>>); 5] = [
+            ("advantages", Some(&self.advantages)),
+            ("returns", Some(&self.returns)),
+            ("behaviour log-probs", Some(&self.behaviour_logprobs)),
+            ("values", self.old_values.as_ref()),
+            ("reference log-probs", self.ref_logprobs.as_ref()),
+        ];
+        for (what, values) in rows {
+            let Some(values) = values else { continue };
+            for (sample, row) in values.iter().enumerate() {
+                if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+                    return Err(format!(
+                        "{what} of sample {sample} hold {bad}: nothing applied"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 struct SequenceRef {
     prompt: Vec<u32>,
     response: Vec<u32>,
 }
 
-impl<A: AutodiffBackend> Learner<A> {
+impl<A: ModelAutodiffBackend> Learner<A> {
     fn device(&self) -> A::Device {
         self.policy.device()
     }
 
     /// One training step on scored trajectories.
     pub fn train_on(&mut self, trajectories: &[Trajectory]) -> TrainStats {
-        let snapshot = (
-            self.policy.clone(),
-            self.critic.clone(),
-            self.policy_optim.clone(),
-            self.critic_optim.clone(),
-        );
         let data = self.prepare(trajectories);
         let mut stats = TrainStats {
             advantage_mean: mean_over_tokens(&data.advantages),
             return_mean: mean_over_tokens(&data.returns),
             ..TrainStats::default()
         };
-        let outcome = self
-            .update_critic(&data, &mut stats)
+        let outcome = data
+            .check_finite()
+            .and_then(|()| self.update_critic(&data, &mut stats))
             .and_then(|()| self.update_policy(&data, &mut stats));
         if outcome.is_err() && self.interrupt.load(Ordering::SeqCst) {
-            (
-                self.policy,
-                self.critic,
-                self.policy_optim,
-                self.critic_optim,
-            ) = snapshot;
             stats.interrupted = true;
             return stats;
         }
         if let Err(reason) = outcome {
-            tracing::warn!(step = self.step, %reason, "step rejected, weights left unchanged");
-            (
-                self.policy,
-                self.critic,
-                self.policy_optim,
-                self.critic_optim,
-            ) = snapshot;
+            tracing::warn!(step = self.step, %reason, "step rejected");
             stats.rejected = Some(reason);
         }
         self.step += 1;
@@ -263,7 +283,8 @@ impl<A: AutodiffBackend> Learner<A> {
             |policy, batch, micro, scale| {
                 let rows = |v: &Vec<Vec<f32>>| pad_rows(batch, micro, v, &device);
                 let mask = batch.mask::<A>(&device);
-                let (logprobs, entropy) = response_logprobs(policy, batch, true);
+                let (logprobs, entropy, forward) =
+                    response_logprobs_training(policy, batch, true, c.gradient_checkpointing);
                 let entropy = entropy.expect("asked for");
                 let old = rows(&data.old_logprobs);
                 let is_weights = (c.tis_cap > 0.0).then(|| {
@@ -291,7 +312,7 @@ impl<A: AutodiffBackend> Learner<A> {
                         loss = loss.add(aggregate(kl, mask, scale).mul_scalar(c.kl_loss_coef));
                     }
                 }
-                loss
+                (loss, forward)
             },
         )?;
         self.policy = policy;
@@ -314,7 +335,7 @@ impl<A: AutodiffBackend> Learner<A> {
             return Ok(());
         };
         let c = self.config.critic.clone();
-        let device = self.device();
+        let device = critic.device();
         let lr = scheduled_lr(c.optim.lr, &c.optim.schedule, self.step, self.total_steps);
         let mut metrics = ValueLossMetrics::default();
         let plan = UpdatePlan {
@@ -334,8 +355,10 @@ impl<A: AutodiffBackend> Learner<A> {
             data,
             |critic, batch, micro, scale| {
                 let rows = |v: &Vec<Vec<f32>>| pad_rows(batch, micro, v, &device);
+                let (values, forward) =
+                    response_values_training(critic, batch, c.gradient_checkpointing);
                 let (loss, micro_metrics) = value_loss(
-                    response_values(critic, batch),
+                    values,
                     rows(old_values),
                     rows(&data.returns),
                     batch.mask(&device),
@@ -343,7 +366,7 @@ impl<A: AutodiffBackend> Learner<A> {
                     scale,
                 );
                 metrics += micro_metrics;
-                loss
+                (loss, forward)
             },
         )?;
         self.critic = Some(critic);
@@ -372,15 +395,21 @@ struct UpdatePlan {
 }
 
 impl UpdatePlan {
-    /// Runs the updates; `loss_of` gives a micro-batch's loss (scaled for its whole mini-batch).
-    /// Returns the updated model, the gradient norm of every update and the sum of the
-    /// micro-batch losses, or why the step is rejected (a non-finite loss or gradient).
-    fn run<A: AutodiffBackend>(
+    /// Runs the updates; `loss_of` gives a micro-batch's loss (scaled for its whole mini-batch)
+    /// and the forward pass it came from. Returns the updated model, the gradient norm of every
+    /// update and the sum of the micro-batch losses, or why an update is rejected (a non-finite
+    /// loss or gradient: that update and the later ones are not applied).
+    fn run<A: ModelAutodiffBackend>(
         &self,
         mut model: Model<A>,
         optim: &mut AdamW<A::InnerBackend>,
         data: &StepData,
-        mut loss_of: impl FnMut(&Model<A>, &SequenceBatch, &[usize], &AggregationScale) -> Tensor<A, 1>,
+        mut loss_of: impl FnMut(
+            &Model<A>,
+            &SequenceBatch,
+            &[usize],
+            &AggregationScale,
+        ) -> (Tensor<A, 1>, TrainingForward<A>),
     ) -> Result<(Model<A>, Vec<f64>, f64), String> {
         let (mut grad_norms, mut loss_sum) = (Vec::new(), 0.0);
         let samples: Vec<usize> = (0..data.sequences.len()).collect();
@@ -398,7 +427,7 @@ impl UpdatePlan {
                         return Err(format!("{} update interrupted", self.what));
                     }
                     let batch = sequence_batch(data, &micro);
-                    let loss = loss_of(&model, &batch, &micro, &scale);
+                    let (loss, forward) = loss_of(&model, &batch, &micro, &scale);
                     let value = loss.clone().into_scalar().elem::<f64>();
                     if !value.is_finite() {
                         return Err(format!(
@@ -407,7 +436,7 @@ impl UpdatePlan {
                         ));
                     }
                     loss_sum += value;
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    let grads = forward.gradients(loss, &model);
                     accumulator.accumulate(&model, grads);
                 }
                 let grads = accumulator.grads();
@@ -439,7 +468,7 @@ fn micro_batches(data: &StepData, mini: &[usize], budget: usize) -> Vec<Vec<usiz
 }
 
 /// Per-token values of the samples of a micro-batch, padded to `[rows, max_response]`.
-fn pad_rows<B: Backend>(
+fn pad_rows<B: ModelBackend>(
     batch: &SequenceBatch,
     micro: &[usize],
     values: &[Vec<f32>],
@@ -467,7 +496,7 @@ fn sequence_batch(data: &StepData, indices: &[usize]) -> SequenceBatch {
 
 /// Runs a per-token computation over all samples in token-budgeted batches (no gradients) and
 /// returns each sample's values, unpadded.
-fn per_sample<B: Backend>(
+fn per_sample<B: ModelBackend>(
     sequences: &[SequenceRef],
     budget: usize,
     mut compute: impl FnMut(&SequenceBatch) -> Tensor<B, 2>,
@@ -498,7 +527,7 @@ fn per_sample<B: Backend>(
     out
 }
 
-fn masked_sum<B: Backend>(values: Tensor<B, 2>, mask: Tensor<B, 2>) -> f64 {
+fn masked_sum<B: ModelBackend>(values: Tensor<B, 2>, mask: Tensor<B, 2>) -> f64 {
     values.mul(mask).sum().into_scalar().elem::<f64>()
 }
 

@@ -13,10 +13,10 @@
 //!
 //! Semantics follow verl's `verl/trainer/ppo/core_algos.py` and `verl/utils/torch_functional.py`.
 
+use grlo_model::backend::ModelBackend;
 use std::ops::AddAssign;
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 /// verl's clamp of `log π - log π_old` before `exp` (and of the KL estimators' log-ratio).
@@ -73,7 +73,7 @@ fn denominator(x: f32) -> f32 {
 }
 
 /// `loss · mask`, with padding positions forced to 0 first (verl's `masked_sum`), `[b, l]`.
-fn masked<B: Backend>(loss: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B, 2> {
+fn masked<B: ModelBackend>(loss: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B, 2> {
     let padding = mask.clone().equal_elem(0.0);
     loss.mask_fill(padding, 0.0) * mask
 }
@@ -92,7 +92,7 @@ fn masked<B: Backend>(loss: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B, 2> {
 /// With one micro-batch equal to the mini-batch and `scale` from
 /// [`AggregationScale::from_lengths`] (`norm_length` = padded width), each mode equals
 /// verl's `agg_loss`. A zero denominator is replaced by 1.
-pub fn aggregate<B: Backend>(
+pub fn aggregate<B: ModelBackend>(
     loss: Tensor<B, 2>,
     mask: Tensor<B, 2>,
     scale: &AggregationScale,
@@ -118,7 +118,7 @@ pub fn aggregate<B: Backend>(
 }
 
 /// Reads several one-element tensors back to the host in one transfer.
-fn host_scalars<B: Backend>(scalars: Vec<Tensor<B, 1>>) -> Vec<f32> {
+fn host_scalars<B: ModelBackend>(scalars: Vec<Tensor<B, 1>>) -> Vec<f32> {
     Tensor::cat(scalars, 0)
         .into_data()
         .convert::<f32>()
@@ -206,7 +206,7 @@ impl AddAssign for PolicyLossMetrics {
 ///
 /// # Panics
 /// If `clip_ratio_c` is `Some(c)` with `c <= 1` (verl asserts the same).
-pub fn policy_loss<B: Backend>(
+pub fn policy_loss<B: ModelBackend>(
     logprobs: Tensor<B, 2>,
     old_logprobs: Tensor<B, 2>,
     advantages: Tensor<B, 2>,
@@ -308,7 +308,7 @@ impl AddAssign for ValueLossMetrics {
 /// `0.5 · aggregate(max((values - R)², (v_c - R)²))` with `c = cliprange_value`.
 /// `values` are the current predictions (differentiated), `old_values` those the
 /// advantages were computed with, `returns` the targets. Returns `[1]` and metric sums.
-pub fn value_loss<B: Backend>(
+pub fn value_loss<B: ModelBackend>(
     values: Tensor<B, 2>,
     old_values: Tensor<B, 2>,
     returns: Tensor<B, 2>,
@@ -348,7 +348,7 @@ pub fn value_loss<B: Backend>(
 /// by their (detached) row maximum `s = l - max(l)`, which changes neither the value nor the
 /// gradient, as `log Z - Σ exp(s)·s / Z` with `Z = Σ exp(s)`: three `[n, vocab]`
 /// intermediates (`s`, `exp(s)`, `exp(s)·s`), which matters at LLM vocabulary sizes.
-pub fn entropy_from_logits<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn entropy_from_logits<B: ModelBackend>(logits: Tensor<B, 2>) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
     let shifted = logits.clone() - logits.detach().max_dim(1); // [n, vocab]
     let exp = shifted.clone().exp(); // [n, vocab]
@@ -380,7 +380,7 @@ pub enum KlEstimator {
 
 /// Per-token KL estimate (verl's `kl_penalty`), same shape as the inputs (`[b, l]`); see
 /// [`KlEstimator`] for the formulas. Differentiable in `logprob`.
-pub fn kl_penalty<B: Backend>(
+pub fn kl_penalty<B: ModelBackend>(
     logprob: Tensor<B, 2>,
     ref_logprob: Tensor<B, 2>,
     kind: KlEstimator,
@@ -428,7 +428,7 @@ pub fn kl_penalty_host(logprob: &[f32], ref_logprob: &[f32], kind: KlEstimator) 
 
 /// Stable `softplus(x) = log(1 + exp(x))` as `m + log(exp(x - m) + exp(-m))` with
 /// `m = max(x, 0)` detached: no overflow, and the gradient is `σ(x)` everywhere.
-fn softplus_stable<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+fn softplus_stable<B: ModelBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let m = x.clone().detach().clamp_min(0.0);
     m.clone() + ((x - m.clone()).exp() + m.neg().exp()).log()
 }
@@ -436,7 +436,7 @@ fn softplus_stable<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> 
 /// Bradley–Terry reward-model loss over pairs, `chosen: [n]`, `rejected: [n]` rewards:
 /// `mean(-log σ(chosen - rejected)) = mean(softplus(rejected - chosen))`, computed stably;
 /// shape `[1]`.
-pub fn bradley_terry_loss<B: Backend>(
+pub fn bradley_terry_loss<B: ModelBackend>(
     chosen: Tensor<B, 1>,
     rejected: Tensor<B, 1>,
 ) -> Tensor<B, 1> {
@@ -447,7 +447,7 @@ pub fn bradley_terry_loss<B: Backend>(
 /// different probabilities than the trainer computes (verl's TIS, token level):
 /// `min(exp(clamp(old - behaviour, -20, 20)), cap)`, detached, `[b, l]`. Pass them to
 /// [`policy_loss`] as `is_weights`.
-pub fn truncated_is_weights<B: Backend>(
+pub fn truncated_is_weights<B: ModelBackend>(
     old_logprobs: Tensor<B, 2>,
     behaviour_logprobs: Tensor<B, 2>,
     cap: f32,

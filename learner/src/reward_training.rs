@@ -2,11 +2,11 @@
 //! synthetic "cheerful" preference the default job's reward model is trained on
 //! (`grlo rm make-pairs`).
 
+use grlo_model::backend::ModelAutodiffBackend;
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use grlo_model::pretrained::copy_auxiliary_files;
 use grlo_model::{ChatMessage, HeadKind, Pretrained, StoredDtype};
@@ -174,7 +174,7 @@ fn conversation(prompt: &[ChatMessage], response: &str) -> Vec<ChatMessage> {
 
 /// Fits a sequence classifier to preference pairs with the Bradley–Terry loss
 /// `-log σ(r(chosen) - r(rejected))` and saves it in the Hugging Face layout.
-pub fn train_reward_model<A: AutodiffBackend>(
+pub fn train_reward_model<A: ModelAutodiffBackend>(
     config: &RewardTrainConfig,
     device: &A::Device,
 ) -> Result<RewardTrainReport> {

@@ -1,6 +1,6 @@
 //! Generation and scoring: prompts in, scored trajectories out.
 
-use burn::tensor::backend::Backend;
+use grlo_model::backend::ModelBackend;
 use grlo_model::{GenerationParams, Model, SamplingParams, Tokenizer, generate_seeded};
 
 use crate::data::PromptRecord;
@@ -32,7 +32,7 @@ pub struct RolloutParams {
 }
 
 /// Generates `n` responses for every task, in task order (samples of a task together).
-pub fn rollout<B: Backend>(
+pub fn rollout<B: ModelBackend>(
     policy: &Model<B>,
     tasks: &[PromptTask],
     params: &RolloutParams,
@@ -72,7 +72,7 @@ pub fn rollout<B: Backend>(
 
 /// Sets the reward of every trajectory: responses are decoded with the policy's tokenizer and
 /// scored by the source their prompt asks for.
-pub fn score<B: Backend>(
+pub fn score<B: ModelBackend>(
     rewards: &mut Rewards<B>,
     tokenizer: &Tokenizer,
     records: &[PromptRecord],

@@ -7,8 +7,9 @@
 //! `[tokens, vocab]` logits are never built for prompt positions.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use grlo_model::backend::{ModelAutodiffBackend, ModelBackend};
+use grlo_model::checkpointing::TrainingForward;
 use grlo_model::{Model, TokenBatch};
 
 use crate::loss::entropy_from_logits;
@@ -49,7 +50,7 @@ impl SequenceBatch {
     }
 
     /// `[batch, max_response]` mask: 1 for response tokens, 0 for padding.
-    pub fn mask<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+    pub fn mask<B: ModelBackend>(&self, device: &B::Device) -> Tensor<B, 2> {
         let width = self.max_response();
         let values: Vec<f32> = self
             .response_lens
@@ -60,7 +61,7 @@ impl SequenceBatch {
     }
 
     /// Row-padded per-token values (`[batch, max_response]`, 0 in padding).
-    pub fn pad<B: Backend>(&self, rows: &[&[f32]], device: &B::Device) -> Tensor<B, 2> {
+    pub fn pad<B: ModelBackend>(&self, rows: &[&[f32]], device: &B::Device) -> Tensor<B, 2> {
         let width = self.max_response();
         let mut values = Vec::with_capacity(self.len() * width);
         for row in rows {
@@ -92,28 +93,74 @@ impl SequenceBatch {
         (states, targets)
     }
 
-    fn forward_states<B: Backend>(&self, model: &Model<B>) -> Tensor<B, 2> {
-        let pad = model.config.pad_token_id.unwrap_or(0);
-        let batch = TokenBatch::right_padded(&self.rows, pad);
-        let hidden = model.forward_hidden(&batch, None); // [batch * seq, hidden]
-        let (states, _) = self.response_states(batch.seq);
+    /// The right-padded token batch of these rows.
+    fn token_batch(&self, pad: u32) -> TokenBatch {
+        TokenBatch::right_padded(&self.rows, pad)
+    }
+
+    /// The hidden states that predict the response tokens: `[batch * seq, hidden]` →
+    /// `[batch * width, hidden]`.
+    fn select_states<B: ModelBackend>(&self, hidden: Tensor<B, 2>, seq: usize) -> Tensor<B, 2> {
+        let (states, _) = self.response_states(seq);
         let n = states.len();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(states, [n]), &hidden.device());
         hidden.select(0, index) // [batch * width, hidden]
+    }
+
+    fn forward_states<B: ModelBackend>(&self, model: &Model<B>) -> Tensor<B, 2> {
+        let batch = self.token_batch(model.config.pad_token_id.unwrap_or(0));
+        let hidden = model.forward_hidden(&batch, None); // [batch * seq, hidden]
+        self.select_states(hidden, batch.seq)
+    }
+
+    /// A training forward pass (see `grlo_model::checkpointing`) and the states that predict
+    /// the response tokens.
+    fn forward_states_training<A: ModelAutodiffBackend>(
+        &self,
+        model: &Model<A>,
+        checkpoint_layers: bool,
+    ) -> (Tensor<A, 2>, TrainingForward<A>) {
+        let batch = self.token_batch(model.config.pad_token_id.unwrap_or(0));
+        let forward = model.forward_training(&batch, checkpoint_layers);
+        let states = self.select_states(forward.hidden.clone(), batch.seq);
+        (states, forward)
     }
 }
 
 /// Log-probabilities of the response tokens under `policy`, `[batch, max_response]` (0 in
 /// padding), and optionally the entropy of the predictive distribution at each.
-pub fn response_logprobs<B: Backend>(
+pub fn response_logprobs<B: ModelBackend>(
     policy: &Model<B>,
     batch: &SequenceBatch,
+    with_entropy: bool,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let states = batch.forward_states(policy); // [rows * width, hidden]
+    logprobs_of_states(policy, batch, states, with_entropy)
+}
+
+/// [`response_logprobs`] for training: the forward pass comes back too, for
+/// [`TrainingForward::gradients`].
+pub fn response_logprobs_training<A: ModelAutodiffBackend>(
+    policy: &Model<A>,
+    batch: &SequenceBatch,
+    with_entropy: bool,
+    checkpoint_layers: bool,
+) -> (Tensor<A, 2>, Option<Tensor<A, 2>>, TrainingForward<A>) {
+    let (states, forward) = batch.forward_states_training(policy, checkpoint_layers);
+    let (logprobs, entropy) = logprobs_of_states(policy, batch, states, with_entropy);
+    (logprobs, entropy, forward)
+}
+
+/// Log-probabilities (and entropies) of the response tokens from the states predicting them.
+fn logprobs_of_states<B: ModelBackend>(
+    policy: &Model<B>,
+    batch: &SequenceBatch,
+    states: Tensor<B, 2>,
     with_entropy: bool,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
     let width = batch.max_response();
     let rows = batch.len();
     let device = policy.device();
-    let states = batch.forward_states(policy); // [rows * width, hidden]
     let logits = policy.lm_logits(states); // [rows * width, vocab]
     let entropy = with_entropy.then(|| entropy_from_logits(logits.clone()).reshape([rows, width]));
     let seq = batch.rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -127,13 +174,30 @@ pub fn response_logprobs<B: Backend>(
 }
 
 /// The critic's value at each response token, `[batch, max_response]`.
-pub fn response_values<B: Backend>(critic: &Model<B>, batch: &SequenceBatch) -> Tensor<B, 2> {
-    let width = batch.max_response();
+pub fn response_values<B: ModelBackend>(critic: &Model<B>, batch: &SequenceBatch) -> Tensor<B, 2> {
     let states = batch.forward_states(critic); // [rows * width, hidden]
+    values_of_states(critic, batch, states)
+}
+
+/// [`response_values`] for training, with the forward pass.
+pub fn response_values_training<A: ModelAutodiffBackend>(
+    critic: &Model<A>,
+    batch: &SequenceBatch,
+    checkpoint_layers: bool,
+) -> (Tensor<A, 2>, TrainingForward<A>) {
+    let (states, forward) = batch.forward_states_training(critic, checkpoint_layers);
+    (values_of_states(critic, batch, states), forward)
+}
+
+fn values_of_states<B: ModelBackend>(
+    critic: &Model<B>,
+    batch: &SequenceBatch,
+    states: Tensor<B, 2>,
+) -> Tensor<B, 2> {
     critic
         .score_head(states)
         .expect("the critic has a value head")
-        .reshape([batch.len(), width])
+        .reshape([batch.len(), batch.max_response()])
 }
 
 /// Splits items (by their token counts) into consecutive groups whose padded size

@@ -4,12 +4,12 @@
 //! The pieces it strings together (rollout::rollout, rollout::score, Learner::train_on) pass
 //! plain trajectories between them, so the distributed roles can run the same code apart.
 
+use grlo_model::backend::ModelAutodiffBackend;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use grlo_model::pretrained::copy_auxiliary_files;
 use grlo_model::safetensors_io::{StoredDtype, read_safetensors_file, write_safetensors_file};
 use grlo_model::{FinishReason, HeadKind, Model, Pretrained, SamplingParams, Tokenizer};
@@ -87,7 +87,7 @@ pub struct Summary {
 }
 
 /// Everything one training run holds.
-pub struct Trainer<A: AutodiffBackend> {
+pub struct Trainer<A: ModelAutodiffBackend> {
     pub learner: Learner<A>,
     pub tokenizer: Tokenizer,
     policy_dir: PathBuf,
@@ -106,10 +106,37 @@ pub struct Trainer<A: AutodiffBackend> {
     last_checkpoint: Option<String>,
 }
 
-impl<A: AutodiffBackend> Trainer<A> {
-    /// Sets up a run from its configuration; with `resume`, continues from the newest
-    /// checkpoint of the run.
+/// Which device each of the learner's models lives on (`actor.device`, `critic.device`,
+/// `actor.reference_device`).
+#[derive(Clone, Debug)]
+pub struct Placement<A: ModelAutodiffBackend> {
+    pub policy: A::Device,
+    pub critic: A::Device,
+    pub reference: A::Device,
+}
+
+impl<A: ModelAutodiffBackend> Placement<A> {
+    /// Every model on one device.
+    pub fn single(device: &A::Device) -> Self {
+        Placement {
+            policy: device.clone(),
+            critic: device.clone(),
+            reference: device.clone(),
+        }
+    }
+}
+
+impl<A: ModelAutodiffBackend> Trainer<A> {
+    /// Sets up a run from its configuration with every model on `device`; with `resume`,
+    /// continues from the newest checkpoint of the run.
     pub fn new(config: TrainConfig, device: &A::Device, resume: bool) -> Result<Self> {
+        Self::placed(config, &Placement::single(device), resume)
+    }
+
+    /// [`Trainer::new`] with the models placed on their own devices.
+    pub fn placed(config: TrainConfig, placement: &Placement<A>, resume: bool) -> Result<Self> {
+        let device = &placement.policy;
+        let precision = config.precision();
         let run_dir = PathBuf::from(&config.trainer.run_dir);
         std::fs::create_dir_all(&run_dir).map_err(|e| LearnerError::write(&run_dir, e))?;
         let checkpoints = CheckpointStore::open(&checkpoint_location(&config))?;
@@ -143,9 +170,10 @@ impl<A: AutodiffBackend> Trainer<A> {
                 "policy {policy_location} names no stop token (eos) in its tokenizer or generation config"
             )));
         }
-        let policy = pretrained.model;
+        let policy = pretrained.model.with_precision(precision);
         let critic = if config.uses_critic() {
-            Some(match (&restored, &config.model.critic) {
+            let device = &placement.critic;
+            let critic = match (&restored, &config.model.critic) {
                 (Some(dir), _) => Model::<A>::load(&dir.join("critic"), device)?,
                 (None, Some(location)) => {
                     load_as_critic::<A>(location, config.trainer.seed, device)?
@@ -153,7 +181,8 @@ impl<A: AutodiffBackend> Trainer<A> {
                 (None, None) => {
                     load_as_critic::<A>(&config.model.policy, config.trainer.seed, device)?
                 }
-            })
+            };
+            Some(critic.with_precision(precision))
         } else {
             None
         };
@@ -163,7 +192,10 @@ impl<A: AutodiffBackend> Trainer<A> {
                 .reference
                 .as_deref()
                 .unwrap_or(&config.model.policy);
-            Some(Pretrained::<A::InnerBackend>::load(location, device)?.model)
+            let reference =
+                Pretrained::<A::InnerBackend>::load(location, &placement.reference)?.model;
+            // Frozen: held in the compute dtype (bf16 on CUDA) to halve its memory.
+            Some(reference.cast_params(precision.dtype()))
         } else {
             None
         };
@@ -223,7 +255,7 @@ impl<A: AutodiffBackend> Trainer<A> {
                 learner.critic_optim.load_state(
                     state.critic_optimizer_step,
                     read_safetensors_file(&dir.join("optimizer/critic.safetensors"))?,
-                    &inner_device,
+                    &placement.critic,
                 );
             }
             if state.cursor.len() != records.len() {
@@ -513,7 +545,7 @@ pub fn checkpoint_location(config: &TrainConfig) -> String {
 
 /// A critic made from a checkpoint: its own value head if it is one, else its decoder with a
 /// fresh value head.
-fn load_as_critic<A: AutodiffBackend>(
+fn load_as_critic<A: ModelAutodiffBackend>(
     location: &str,
     seed: u64,
     device: &A::Device,

@@ -8,7 +8,6 @@
 //! ones.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use grlo_learner::advantage;
 use grlo_learner::loss::{
@@ -16,6 +15,7 @@ use grlo_learner::loss::{
     ValueLossMetrics, bradley_terry_loss, entropy_from_logits, kl_penalty, kl_penalty_host,
     policy_loss, truncated_is_weights, value_loss,
 };
+use grlo_model::backend::ModelBackend;
 use serde_json::Value;
 
 type F = Flex;
@@ -127,7 +127,7 @@ fn cut(padded: &[Vec<f32>], lengths: &[usize]) -> Vec<Vec<f32>> {
 }
 
 /// A `[rows, width]` tensor from host rows, each cut or zero-padded to `width`.
-fn tensor<B: Backend>(rows: &[Vec<f32>], width: usize) -> Tensor<B, 2> {
+fn tensor<B: ModelBackend>(rows: &[Vec<f32>], width: usize) -> Tensor<B, 2> {
     let mut flat = Vec::with_capacity(rows.len() * width);
     for r in rows {
         flat.extend((0..width).map(|t| r.get(t).copied().unwrap_or(0.0)));
@@ -138,14 +138,14 @@ fn tensor<B: Backend>(rows: &[Vec<f32>], width: usize) -> Tensor<B, 2> {
     )
 }
 
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+fn host<B: ModelBackend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("f32")
 }
 
-fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
+fn host_rows<B: ModelBackend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
     let [_, w] = t.dims();
     host(t).chunks(w).map(<[f32]>::to_vec).collect()
 }
@@ -221,7 +221,7 @@ impl Batch {
         (cut, width)
     }
 
-    fn t<B: Backend>(
+    fn t<B: ModelBackend>(
         &self,
         v: &[Vec<f32>],
         range: std::ops::Range<usize>,
@@ -231,7 +231,7 @@ impl Batch {
         tensor(&rows, width)
     }
 
-    fn mask<B: Backend>(&self, range: std::ops::Range<usize>, full: bool) -> Tensor<B, 2> {
+    fn mask<B: ModelBackend>(&self, range: std::ops::Range<usize>, full: bool) -> Tensor<B, 2> {
         let m = mask_rows(&self.lengths, self.width);
         self.t(&m, range, full)
     }
@@ -247,7 +247,7 @@ impl Batch {
     }
 
     /// The policy loss over rows `range`; `logprobs` given separately so tests can track it.
-    fn policy<B: Backend>(
+    fn policy<B: ModelBackend>(
         &self,
         logprobs: Tensor<B, 2>,
         range: std::ops::Range<usize>,
@@ -275,7 +275,7 @@ impl Batch {
         )
     }
 
-    fn value<B: Backend>(
+    fn value<B: ModelBackend>(
         &self,
         values: Tensor<B, 2>,
         range: std::ops::Range<usize>,

@@ -3,7 +3,7 @@
 //! and the cache at once, so no compute is spent on them; padding that no remaining row
 //! needs is cut from the front of the cache.
 
-use burn::tensor::backend::Backend;
+use crate::backend::ModelBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -74,7 +74,7 @@ pub fn prompt_seed(seed: u64, index: usize) -> u64 {
 
 /// Generates `params.n` completions for every prompt, in prompt order, each prompt seeded
 /// with [`prompt_seed`] of the sampling seed.
-pub fn generate<B: Backend>(
+pub fn generate<B: ModelBackend>(
     model: &Model<B>,
     prompts: &[Vec<u32>],
     params: &GenerationParams,
@@ -86,7 +86,7 @@ pub fn generate<B: Backend>(
 }
 
 /// Like [`generate`], with one seed per prompt.
-pub fn generate_seeded<B: Backend>(
+pub fn generate_seeded<B: ModelBackend>(
     model: &Model<B>,
     prompts: &[Vec<u32>],
     seeds: &[u64],
@@ -190,12 +190,8 @@ pub fn generate_seeded<B: Backend>(
 fn decode_batch(rows: &[Row], active: &[usize], cached: usize) -> TokenBatch {
     let keys = cached + 1;
     let any_padding = active.iter().any(|&r| rows[r].padding > 0);
-    let key_padding = any_padding.then(|| {
-        active
-            .iter()
-            .flat_map(|&r| (0..keys).map(move |k| k < rows[r].padding))
-            .collect()
-    });
+    let key_windows =
+        any_padding.then(|| active.iter().map(|&r| (rows[r].padding, keys)).collect());
     TokenBatch {
         batch: active.len(),
         seq: 1,
@@ -204,17 +200,17 @@ fn decode_batch(rows: &[Row], active: &[usize], cached: usize) -> TokenBatch {
             .map(|&r| *rows[r].completion.token_ids.last().expect("a chosen token"))
             .collect(),
         positions: active.iter().map(|&r| rows[r].position).collect(),
-        key_padding,
+        key_windows,
         lengths: vec![1; active.len()],
     }
 }
 
-fn index_tensor<B: Backend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+fn index_tensor<B: ModelBackend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
     let values: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
     Tensor::from_data(TensorData::new(values, [indices.len()]), device)
 }
 
-fn validate<B: Backend>(
+fn validate<B: ModelBackend>(
     model: &Model<B>,
     prompts: &[Vec<u32>],
     seeds: &[u64],

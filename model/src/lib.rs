@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod backend;
 pub mod chat_template;
+pub mod checkpointing;
 pub mod config;
 pub mod error;
 pub mod export;
@@ -12,6 +13,7 @@ pub mod generate;
 mod jinja_python;
 pub mod layers;
 pub mod lm_head;
+pub mod memory;
 pub mod model;
 pub mod params;
 pub mod pretrained;

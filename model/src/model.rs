@@ -5,12 +5,13 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
+use crate::attention::AttentionSpec;
 use crate::backend::ModelBackend;
 use crate::config::{HeadKind, ModelConfig};
 use crate::error::{Error, Result};
-use crate::layers::{Attention, AttentionMask, DecoderLayer, LayerCache, Linear, Mlp, RmsNorm};
+use crate::layers::{Attention, DecoderLayer, LayerCache, Linear, Mlp, Pass, RmsNorm, to_dtype};
 use crate::lm_head::TokenLogprobs;
 use crate::params::{ParamSource, RandomInit, hf_names};
 use crate::rope::Rope;
@@ -33,6 +34,30 @@ pub struct Model<B: Backend> {
     pub config: ModelConfig,
     #[module(skip)]
     pub rope: Rope,
+    /// What matmuls and attention compute in (see [`Precision`]).
+    #[module(skip)]
+    pub precision: Precision,
+}
+
+/// The dtype of a model's matmuls and attention. `Bf16` is mixed precision: parameters keep
+/// their own dtype (f32 master weights in training) and are cast for each product, while
+/// RMSNorm, rotary embeddings, the residual stream, softmax statistics and the log-prob
+/// head's log-softmax stay f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// A batch of token rows laid out for one forward pass.
@@ -44,9 +69,9 @@ pub struct TokenBatch {
     pub ids: Vec<u32>,
     /// `[batch * seq]`: the rotary position of every token.
     pub positions: Vec<usize>,
-    /// `[batch * keys]`: `true` for keys that are padding (cached keys first, then these
+    /// Per row, the keys `[start, end)` that are not padding (cached keys first, then these
     /// tokens); `None` when no query can see a padding key.
-    pub key_padding: Option<Vec<bool>>,
+    pub key_windows: Option<Vec<(usize, usize)>>,
     /// The real length of each row.
     pub lengths: Vec<usize>,
 }
@@ -59,12 +84,12 @@ impl TokenBatch {
         let batch = rows.len();
         let mut ids = Vec::with_capacity(batch * seq);
         let mut positions = Vec::with_capacity(batch * seq);
-        let mut key_padding = Vec::with_capacity(batch * seq);
+        let mut key_windows = Vec::with_capacity(batch);
         for row in rows {
             let pad = seq - row.len();
             ids.extend(std::iter::repeat_n(pad_id, pad).chain(row.iter().copied()));
             positions.extend(std::iter::repeat_n(0, pad).chain(0..row.len()));
-            key_padding.extend((0..seq).map(|i| i < pad));
+            key_windows.push((pad, seq));
         }
         let any_padding = rows.iter().any(|r| r.len() < seq);
         TokenBatch {
@@ -72,7 +97,7 @@ impl TokenBatch {
             seq,
             ids,
             positions,
-            key_padding: any_padding.then_some(key_padding),
+            key_windows: any_padding.then_some(key_windows),
             lengths: rows.iter().map(Vec::len).collect(),
         }
     }
@@ -97,7 +122,7 @@ impl TokenBatch {
             seq,
             ids,
             positions,
-            key_padding: None,
+            key_windows: None,
             lengths: rows.iter().map(Vec::len).collect(),
         }
     }
@@ -161,7 +186,7 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-impl<B: Backend> Model<B> {
+impl<B: ModelBackend> Model<B> {
     /// Loads `config.json` and the safetensors weights of a local model directory.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -326,6 +351,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             score,
             rope: Rope::new(c),
+            precision: Precision::F32,
             config,
         })
     }
@@ -353,52 +379,90 @@ impl<B: Backend> Model<B> {
         batch: &TokenBatch,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 2> {
-        let device = self.device();
-        let tokens = batch.batch * batch.seq;
-        let ids: Vec<i64> = batch.ids.iter().map(|&id| id as i64).collect();
-        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens]), &device);
-        let mut x = self.embed.val().select(0, ids); // [tokens, hidden]
-
-        let c = &self.config;
-        let rope = self.rope.tables::<B>(
-            &batch.positions,
-            batch.batch,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            &device,
-        );
         let cached = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let mask = AttentionMask::new(
-            batch.batch,
-            batch.seq,
-            cached + batch.seq,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            batch.key_padding.as_deref(),
-            &device,
-        );
-
+        let pass = self.pass(batch, cached);
+        let mut x = self.embed_tokens(batch); // [tokens, hidden]
         match cache {
             Some(cache) => {
                 for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward(x, batch.batch, &rope, &mask, Some(slot));
+                    x = layer.forward(x, &pass, Some(slot));
                 }
             }
             None => {
                 for layer in &self.layers {
-                    x = layer.forward(x, batch.batch, &rope, &mask, None);
+                    x = layer.forward(x, &pass, None);
                 }
             }
         }
         self.norm.forward(x)
     }
 
-    /// Vocabulary logits for hidden states: `[n, hidden] -> [n, vocab]`.
-    pub fn lm_logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        match &self.lm_head {
-            Some(head) => hidden.matmul(head.val()),
-            None => hidden.matmul(self.embed.val().transpose()),
+    /// The embeddings of a batch's tokens, `[batch * seq, hidden]` in f32 (the residual
+    /// stream's dtype).
+    pub fn embed_tokens(&self, batch: &TokenBatch) -> Tensor<B, 2> {
+        let tokens = batch.batch * batch.seq;
+        let ids: Vec<i64> = batch.ids.iter().map(|&id| id as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens]), &self.device());
+        to_dtype(self.embed.val().select(0, ids), DType::F32)
+    }
+
+    /// What the layers of one forward pass over `batch` share, after `cached` cached keys.
+    pub fn pass(&self, batch: &TokenBatch, cached: usize) -> Pass<B> {
+        let device = self.device();
+        let c = &self.config;
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        let rope = self
+            .rope
+            .tables::<B>(&batch.positions, batch.batch, heads, kv_heads, &device);
+        let keys = cached + batch.seq;
+        let attention = AttentionSpec::new(
+            batch.batch,
+            heads,
+            kv_heads,
+            c.head_dim,
+            batch.seq,
+            keys,
+            batch.key_windows.clone(),
+            B::attention_block_elements(),
+        );
+        let fused = batch.seq > 1 && batch.key_windows.is_none() && !B::ad_enabled(&device);
+        Pass {
+            batch: batch.batch,
+            rope,
+            attention,
+            fused,
+            compute: self.precision.dtype(),
         }
+    }
+
+    /// Vocabulary logits for hidden states: `[n, hidden] -> [n, vocab]` in f32 (the product in
+    /// the compute dtype).
+    pub fn lm_logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        let compute = self.precision.dtype();
+        let hidden = to_dtype(hidden, compute);
+        let logits = match &self.lm_head {
+            Some(head) => hidden.matmul(to_dtype(head.val(), compute)),
+            None => hidden.matmul(to_dtype(self.embed.val(), compute).transpose()),
+        };
+        to_dtype(logits, DType::F32)
+    }
+
+    /// The model with every parameter stored in `dtype` (bf16 halves an inference model's
+    /// memory and bandwidth); computing in that dtype too.
+    pub fn cast_params(self, dtype: DType) -> Self {
+        let precision = if dtype == DType::BF16 {
+            Precision::Bf16
+        } else {
+            self.precision
+        };
+        self.map(&mut CastParams { dtype })
+            .with_precision(precision)
+    }
+
+    /// Sets the dtype matmuls and attention compute in.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// The classification or value head: `[n, hidden] -> [n, labels]`.
@@ -461,14 +525,28 @@ impl<B: ModelBackend> Model<B> {
         targets: &[u32],
         with_entropy: bool,
     ) -> TokenLogprobs<B> {
+        let compute = self.precision.dtype();
         let weight = match &self.lm_head {
-            Some(head) => head.val(),
-            None => self.embed.val().transpose(), // [hidden, vocab]
+            Some(head) => to_dtype(head.val(), compute),
+            None => to_dtype(self.embed.val(), compute).transpose(), // [hidden, vocab]
         };
+        let hidden = to_dtype(hidden, compute);
         let n = targets.len();
         let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &self.device());
         B::token_logprobs(hidden, weight, targets, with_entropy)
+    }
+}
+
+/// Casts every float parameter to one dtype.
+struct CastParams {
+    dtype: DType,
+}
+
+impl<B: Backend> burn::module::ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, to_dtype(tensor, self.dtype), mapper)
     }
 }
 

@@ -2,9 +2,8 @@
 //! template and generation config when present. Loads from a local directory or an object
 //! store URL; saves a directory that transformers and vLLM load.
 
+use crate::backend::ModelBackend;
 use std::path::{Path, PathBuf};
-
-use burn::tensor::backend::Backend;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -24,14 +23,14 @@ pub const AUXILIARY_FILES: [&str; 7] = [
 ];
 
 /// A loaded model with what came beside it.
-pub struct Pretrained<B: Backend> {
+pub struct Pretrained<B: ModelBackend> {
     pub model: Model<B>,
     pub tokenizer: Option<Tokenizer>,
     /// The local directory it was loaded from (a cache directory for remote models).
     pub dir: PathBuf,
 }
 
-impl<B: Backend> Pretrained<B> {
+impl<B: ModelBackend> Pretrained<B> {
     /// Loads from a local directory or an object store URL.
     pub fn load(location: &str, device: &B::Device) -> Result<Self> {
         let dir = Location::parse(location)?.materialize(&default_cache_root())?;

@@ -81,7 +81,7 @@ fn check_cache_matches_full_forward(model: &Model<B>, sequence: &[u32], prompt_l
             seq: 1,
             ids: vec![sequence[position]],
             positions: vec![position],
-            key_padding: None,
+            key_windows: None,
             lengths: vec![1],
         };
         let hidden = model.forward_hidden(&step, Some(&mut cache));

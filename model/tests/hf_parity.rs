@@ -31,3 +31,20 @@ fn qwen3_logits_match_transformers() {
 fn llama31_with_llama3_rope_scaling_logits_match_transformers() {
     check_logits("llama31-tiny");
 }
+
+/// The same logits from a model on the autodiff backend, where every pass runs the block-wise
+/// attention (the training path) instead of the backend's fused kernel.
+#[test]
+fn training_path_logits_match_transformers() {
+    type A = burn::backend::Autodiff<B>;
+    for name in ["qwen3-tiny", "llama31-tiny"] {
+        let model = grlo_model::Model::<A>::load(&model_dir(name), &Default::default()).unwrap();
+        let reference = Reference::open(&format!("{name}.safetensors"));
+        for len in LENGTHS {
+            let ids = reference.ids(&format!("ids_{len}"));
+            let (_, expected) = reference.f32(&format!("logits_{len}"));
+            let diff = max_abs_diff(&to_f32_vec(model.logits(&ids).unwrap()), &expected);
+            assert!(diff <= TOLERANCE, "{name} length {len}: max |diff| {diff}");
+        }
+    }
+}

@@ -34,9 +34,9 @@ mod service;
 pub mod stats;
 pub mod worker;
 
+use grlo_model::backend::ModelBackend;
 use std::sync::{Arc, OnceLock};
 
-use burn::tensor::backend::Backend;
 use grlo_proto::v1::reward_server_server::RewardServerServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -79,7 +79,7 @@ pub async fn run(
 /// `stats`, until `shutdown` is cancelled; then answers the requests already taken and
 /// returns. Health reports NOT_SERVING while the model loads, SERVING once it has loaded.
 /// A model that fails to load stops the server with [`RewardServerError::ModelLoad`].
-pub async fn serve<B: Backend>(
+pub async fn serve<B: ModelBackend>(
     config: RewardServerConfig,
     device: B::Device,
     listener: TcpListener,
@@ -103,7 +103,7 @@ pub struct Serving {
 }
 
 /// [`serve`] with TLS, bearer tokens and metrics as `serving` says.
-pub async fn serve_with<B: Backend>(
+pub async fn serve_with<B: ModelBackend>(
     config: RewardServerConfig,
     device: B::Device,
     listener: TcpListener,

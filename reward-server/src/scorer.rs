@@ -3,10 +3,10 @@
 //! Tensor work never runs on the async executor, and one thread owns the model (and its
 //! device) for its whole life.
 
+use grlo_model::backend::ModelBackend;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 
-use burn::tensor::backend::Backend;
 use grlo_learner::reward::RewardModel;
 use grlo_model::{ChatMessage, HeadKind, Pretrained, Tokenizer};
 use tokio::sync::oneshot;
@@ -71,7 +71,7 @@ pub(crate) type Loaded = Result<Encoder>;
 
 /// Starts the model thread: it loads `location` on `device` and answers on the returned
 /// receiver, then scores until the [`Scorer`] is dropped.
-pub(crate) fn spawn<B: Backend>(
+pub(crate) fn spawn<B: ModelBackend>(
     location: String,
     max_length: usize,
     batch_tokens: usize,
@@ -117,7 +117,7 @@ pub(crate) fn spawn<B: Backend>(
 
 /// Loads a one-label sequence classifier with a chat template (the checks of
 /// [`RewardModel::load`]), keeping a copy of its tokenizer for the handlers.
-fn load<B: Backend>(
+fn load<B: ModelBackend>(
     location: &str,
     max_length: usize,
     batch_tokens: usize,
@@ -155,7 +155,7 @@ fn load<B: Backend>(
 
 /// Scores on this thread; a panic in the model becomes an error of this batch only (the
 /// weights are read-only, so the next batch is unaffected).
-fn score<B: Backend>(model: &RewardModel<B>, ids: &[Vec<u32>]) -> Result<Vec<f32>, String> {
+fn score<B: ModelBackend>(model: &RewardModel<B>, ids: &[Vec<u32>]) -> Result<Vec<f32>, String> {
     match catch_unwind(AssertUnwindSafe(|| model.score_ids(ids))) {
         Ok(Ok(scores)) => Ok(scores),
         Ok(Err(error)) => Err(error.to_string()),

@@ -3,10 +3,10 @@
 //! gRPC needs no reward server restarted or reconfigured. Until it is assigned, it serves the
 //! rule verifiers only (and its health answers).
 
+use grlo_model::backend::ModelBackend;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use burn::tensor::backend::Backend;
 use grlo_learner::TrainConfig;
 use grlo_proto::v1;
 use grlo_proto::v1::coordinator_client::CoordinatorClient;
@@ -40,7 +40,7 @@ struct Running {
 
 /// Serves on `listen` for the coordinator's jobs until `shutdown`, swapping the reward model
 /// when the assigned job asks for another one.
-pub async fn run_for_coordinator<B: Backend>(
+pub async fn run_for_coordinator<B: ModelBackend>(
     base: RewardServerConfig,
     device: B::Device,
     listen: SocketAddr,
@@ -161,7 +161,7 @@ fn model_of(
     Some((model, config))
 }
 
-fn start<B: Backend>(
+fn start<B: ModelBackend>(
     config: &RewardServerConfig,
     model: Option<String>,
     device: B::Device,

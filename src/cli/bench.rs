@@ -6,6 +6,7 @@
 //! cross-entropy, and a whole training step (forward, backward, gradient clipping and AdamW). The peer runs in a child process (`bench/peer_transformers.py`)
 //! with the same thread count; the table prints tokens/s of each side and their ratio.
 
+use grlo_model::backend::{ModelAutodiffBackend, ModelBackend};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -14,7 +15,6 @@ use anyhow::{Context, bail};
 use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use grlo_learner::config::{LrSchedule, OptimSection};
@@ -276,7 +276,7 @@ struct GrloSide {
 impl OnBackend for GrloSide {
     type Output = Vec<f64>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<f64>> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Vec<f64>> {
         let mut results = Vec::new();
         let model = Model::<B>::random(self.config.clone(), 0, &device);
         for w in self
@@ -325,7 +325,7 @@ impl OnBackend for GrloSide {
     }
 }
 
-fn train_tokens_per_s<A: AutodiffBackend>(
+fn train_tokens_per_s<A: ModelAutodiffBackend>(
     config: &ModelConfig,
     w: &Workload,
     rounds: usize,
@@ -385,13 +385,17 @@ fn random_rows(vocab: usize, batch: usize, seq: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn last_positions<B: Backend>(batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+fn last_positions<B: ModelBackend>(
+    batch: usize,
+    seq: usize,
+    device: &B::Device,
+) -> Tensor<B, 1, Int> {
     let index: Vec<i64> = (0..batch).map(|b| (b * seq + seq - 1) as i64).collect();
     Tensor::from_data(TensorData::new(index, [batch]), device)
 }
 
 /// Median wall time of `rounds` runs after one warm-up, with the device synchronised.
-fn median_seconds<B: Backend>(device: &B::Device, rounds: usize, mut f: impl FnMut()) -> f64 {
+fn median_seconds<B: ModelBackend>(device: &B::Device, rounds: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut times: Vec<f64> = (0..rounds.max(1))
         .map(|_| {

@@ -1,10 +1,10 @@
 //! `grlo model ...`: run a checkpoint by hand — logits, generation, reward scores, conversion.
 //! Each command prints one JSON object on stdout.
 
+use grlo_model::backend::ModelBackend;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use grlo_model::FinishReason;
 use grlo_model::model::to_f32_vec;
@@ -128,7 +128,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<String> {
     }
 }
 
-fn load<B: Backend>(arg: &ModelArg, device: &B::Device) -> anyhow::Result<Pretrained<B>> {
+fn load<B: ModelBackend>(arg: &ModelArg, device: &B::Device) -> anyhow::Result<Pretrained<B>> {
     Pretrained::load(&arg.model, device)
         .with_context(|| format!("failed to load model {}", arg.model))
 }
@@ -136,7 +136,7 @@ fn load<B: Backend>(arg: &ModelArg, device: &B::Device) -> anyhow::Result<Pretra
 impl OnBackend for LogitsArgs {
     type Output = String;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let pretrained = load::<B>(&self.model, &device)?;
         let logits = pretrained.model.logits(&self.ids)?;
         let [rows, vocab] = logits.dims();
@@ -151,7 +151,7 @@ impl OnBackend for LogitsArgs {
 impl OnBackend for GenerateArgs {
     type Output = String;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let pretrained = load::<B>(&self.model, &device)?;
         let prompt_ids = match (&self.ids, &self.prompt) {
             (Some(ids), _) => ids.clone(),
@@ -216,7 +216,7 @@ impl OnBackend for GenerateArgs {
 impl OnBackend for ScoreArgs {
     type Output = String;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let pretrained = load::<B>(&self.model, &device)?;
         let ids = match (&self.ids, &self.conversation) {
             (Some(ids), _) => ids.clone(),
@@ -266,7 +266,7 @@ fn read_conversation(path: &std::path::Path) -> anyhow::Result<Vec<ChatMessage>>
 impl OnBackend for ConvertArgs {
     type Output = String;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let pretrained = load::<B>(&self.model, &device)?;
         let dtype = match &self.dtype {
             Some(text) => StoredDtype::parse(text)

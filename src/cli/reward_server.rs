@@ -5,13 +5,13 @@
 //! their `GRLO_*` environment variables. Once listening it prints `{"listening": ADDRESS}`; on
 //! exit, one JSON object with what it served.
 
+use grlo_model::backend::ModelBackend;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use burn::tensor::backend::Backend;
 use clap::Args;
 use grlo_reward_server::{RewardServerConfig, Stats};
 use serde_json::json;
@@ -154,7 +154,7 @@ struct Serve {
 impl OnBackend for Serve {
     type Output = String;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("reward-server")

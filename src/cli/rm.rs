@@ -1,10 +1,10 @@
 //! `grlo rm ...`: reward models from preference pairs.
 
+use grlo_model::backend::ModelBackend;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::backend::Autodiff;
-use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use grlo_learner::data::{BadLinePolicy, load_prompts};
 use grlo_learner::reward_training::{RewardTrainConfig, make_cheerful_pairs, train_reward_model};
@@ -86,7 +86,7 @@ pub fn run(command: RmCommand) -> anyhow::Result<String> {
 impl OnBackend for RmTrainArgs {
     type Output = grlo_learner::reward_training::RewardTrainReport;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let config = RewardTrainConfig {
             model: self.model,
             pairs: self.pairs,

@@ -3,13 +3,13 @@
 //! service. Runs the embedded tiny default or a TOML job; `--resume RUN_DIR` continues a run
 //! from its coordinator database and newest checkpoint.
 
+use grlo_model::backend::ModelBackend;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use burn::tensor::backend::Backend;
 use clap::Args;
 use grlo_learner::TrainConfig;
 use grlo_proto::v1;
@@ -113,7 +113,7 @@ struct InProcess {
 impl OnBackend for InProcess {
     type Output = Value;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Value> {
+    fn run<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Value> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -123,7 +123,7 @@ impl OnBackend for InProcess {
 }
 
 impl InProcess {
-    async fn run_roles<B: Backend>(self, device: B::Device) -> anyhow::Result<Value> {
+    async fn run_roles<B: ModelBackend>(self, device: B::Device) -> anyhow::Result<Value> {
         let started = Instant::now();
         let run_dir = PathBuf::from(&self.config.trainer.run_dir);
         std::fs::create_dir_all(&run_dir)

@@ -5,8 +5,8 @@
 pub mod model;
 pub mod rule;
 
-use burn::tensor::backend::Backend;
 use grlo_model::ChatMessage;
+use grlo_model::backend::ModelBackend;
 
 use crate::data::{PromptRecord, RewardStyle};
 use crate::error::{LearnerError, Result};
@@ -26,13 +26,13 @@ pub trait RewardFunction: Send {
 }
 
 /// The reward sources of a run.
-pub struct Rewards<B: Backend> {
+pub struct Rewards<B: ModelBackend> {
     pub model: Option<RewardModel<B>>,
     /// Replaces both built-in sources when set.
     pub custom: Option<Box<dyn RewardFunction>>,
 }
 
-impl<B: Backend> Rewards<B> {
+impl<B: ModelBackend> Rewards<B> {
     pub fn new(model: Option<RewardModel<B>>) -> Self {
         Rewards {
             model,

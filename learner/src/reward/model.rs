@@ -2,7 +2,7 @@
 //! the response as an assistant message) is re-rendered with the reward model's own chat
 //! template and tokenizer, as verl does, and scored at its last token.
 
-use burn::tensor::backend::Backend;
+use grlo_model::backend::ModelBackend;
 use grlo_model::model::to_f32_vec;
 use grlo_model::{ChatMessage, HeadKind, Pretrained};
 
@@ -10,13 +10,13 @@ use crate::error::{LearnerError, Result};
 use crate::sequences::split_by_tokens;
 
 /// A sequence-classification checkpoint with one label, and its tokenizer.
-pub struct RewardModel<B: Backend> {
+pub struct RewardModel<B: ModelBackend> {
     pretrained: Pretrained<B>,
     max_length: usize,
     batch_tokens: usize,
 }
 
-impl<B: Backend> RewardModel<B> {
+impl<B: ModelBackend> RewardModel<B> {
     /// Loads a reward model; it must be a one-label sequence classifier with a tokenizer and a
     /// chat template.
     pub fn load(
