@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::AutodiffBackend;
+use grlo_model::backend::ModelAutodiffBackend;
 use grlo_proto::security::{ClientSecurity, ServerSecurity, Transport};
 use grlo_proto::v1;
 use grlo_proto::v1::coordinator_client::CoordinatorClient;
@@ -380,7 +380,7 @@ impl TrainingJob {
         }
     }
 
-    fn train<A: AutodiffBackend>(self, device: A::Device) -> anyhow::Result<()> {
+    fn train<A: ModelAutodiffBackend>(self, device: A::Device) -> anyhow::Result<()> {
         let config = self.config.clone();
         let location = checkpoint_location(&config);
         let resume = CheckpointStore::open(&location)?.latest()?.is_some();
@@ -503,7 +503,7 @@ impl TrainingJob {
     }
 
     /// Publishes the current policy as version `version` and tells the coordinator.
-    fn publish<A: AutodiffBackend>(
+    fn publish<A: ModelAutodiffBackend>(
         &self,
         trainer: &Trainer<A>,
         version: u64,

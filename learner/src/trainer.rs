@@ -106,7 +106,7 @@ pub struct Trainer<A: AutodiffBackend> {
     last_checkpoint: Option<String>,
 }
 
-impl<A: AutodiffBackend> Trainer<A> {
+impl<A: grlo_model::backend::ModelAutodiffBackend> Trainer<A> {
     /// Sets up a run from its configuration; with `resume`, continues from the newest
     /// checkpoint of the run.
     pub fn new(config: TrainConfig, device: &A::Device, resume: bool) -> Result<Self> {
