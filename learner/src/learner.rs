@@ -15,6 +15,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use grlo_model::Model;
+use grlo_model::backend::ModelAutodiffBackend;
 use grlo_model::model::to_f32_vec;
 use serde::Serialize;
 
@@ -90,7 +91,7 @@ struct SequenceRef {
     response: Vec<u32>,
 }
 
-impl<A: AutodiffBackend> Learner<A> {
+impl<A: ModelAutodiffBackend> Learner<A> {
     fn device(&self) -> A::Device {
         self.policy.device()
     }
@@ -263,8 +264,18 @@ impl<A: AutodiffBackend> Learner<A> {
             |policy, batch, micro, scale| {
                 let rows = |v: &Vec<Vec<f32>>| pad_rows(batch, micro, v, &device);
                 let mask = batch.mask::<A>(&device);
+                // The entropy is always computed, for the `entropy` metric: the chunked head
+                // reduces each chunk's logits to it in the forward pass it makes anyway, with no
+                // `[tokens, vocab]` memory of its own. It enters the graph only when it enters
+                // the loss (`entropy_coeff != 0`); otherwise it is detached at once and the
+                // backward pass does no entropy work.
                 let (logprobs, entropy) = response_logprobs(policy, batch, true);
                 let entropy = entropy.expect("asked for");
+                let entropy = if c.entropy_coeff != 0.0 {
+                    entropy
+                } else {
+                    entropy.detach()
+                };
                 let old = rows(&data.old_logprobs);
                 let is_weights = (c.tis_cap > 0.0).then(|| {
                     truncated_is_weights(old.clone(), rows(&data.behaviour_logprobs), c.tis_cap)
