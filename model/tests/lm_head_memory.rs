@@ -115,7 +115,9 @@ fn the_chunked_head_peaks_at_a_few_chunks_far_below_the_full_logits() {
     B::seed(&device, 7);
     let hidden = Tensor::<A, 2>::random([tokens, d], Distribution::Normal(0.0, 1.0), &device);
     let weight = Tensor::<A, 2>::random([d, vocab], Distribution::Normal(0.0, 0.2), &device);
-    let ids: Vec<i64> = (0..tokens as i64).map(|i| (i * 7919 + 3) % vocab as i64).collect();
+    let ids: Vec<i64> = (0..tokens as i64)
+        .map(|i| (i * 7919 + 3) % vocab as i64)
+        .collect();
     let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(ids, [tokens]), &device);
 
     let chunk_bytes = 4 * <A as ModelBackend>::logits_chunk_elements();
