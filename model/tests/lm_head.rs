@@ -448,6 +448,40 @@ fn bf16_inputs_give_close_logprobs_and_gradients_in_bf16() {
     }
 }
 
+#[test]
+fn bf16_hidden_states_with_an_f32_weight_give_each_its_own_gradient_dtype() {
+    // Mixed precision with f32 parameters: the weight is cast to the hidden states' dtype for
+    // the matmuls and its gradient comes back in f32.
+    let (tokens, d, vocab) = (40, 16, 123);
+    let hidden = random([tokens, d], 1.0, 31);
+    let weight = random([d, vocab], 0.5, 32);
+    let targets = targets(tokens, vocab, 33);
+    let f32_run = run(&hidden, &weight, &targets, Loss::Both, Some(9), true, true);
+    let h = hidden.detach().cast(DType::BF16).require_grad();
+    let w = weight.detach().require_grad();
+    let out = token_logprobs_chunked::<B, NoCheckpointing>(h.clone(), w.clone(), targets, true, 9);
+    let w1 = random([tokens], 1.0, 101).detach();
+    let w2 = random([tokens], 1.0, 102).detach();
+    let lp = out.logprobs.clone().inner();
+    let grads = out
+        .logprobs
+        .mul(w1)
+        .sum()
+        .add(out.entropy.unwrap().mul(w2).sum())
+        .backward();
+    let diff = max_abs_diff(lp, f32_run.logprobs);
+    assert!(diff < 5e-2, "logprobs: max |diff| {diff}");
+    let (gh, gw) = (h.grad(&grads).unwrap(), w.grad(&grads).unwrap());
+    assert_eq!((gh.dtype(), gw.dtype()), (DType::BF16, DType::F32));
+    let theirs = f32_run.grad_weight.unwrap();
+    let scale = max_abs(theirs.clone()).max(1.0);
+    let diff = max_abs_diff(gw, theirs);
+    assert!(
+        diff < 5e-2 * scale,
+        "grad weight: max |diff| {diff} (scale {scale})"
+    );
+}
+
 /// `Model::token_logprobs` against `lm_logits` + `log_softmax` + `gather` on a fixture model:
 /// values, and the gradients of every parameter the head touches.
 fn check_model_head(name: &str) {
