@@ -283,9 +283,19 @@ impl<A: ModelAutodiffBackend> Learner<A> {
             |policy, batch, micro, scale| {
                 let rows = |v: &Vec<Vec<f32>>| pad_rows(batch, micro, v, &device);
                 let mask = batch.mask::<A>(&device);
+                // The entropy is always computed, for the `entropy` metric: the chunked head
+                // reduces each chunk's logits to it in the forward pass it makes anyway, with no
+                // `[tokens, vocab]` memory of its own. It enters the graph only when it enters
+                // the loss (`entropy_coeff != 0`); otherwise it is detached at once and the
+                // backward pass does no entropy work.
                 let (logprobs, entropy, forward) =
                     response_logprobs_training(policy, batch, true, c.gradient_checkpointing);
                 let entropy = entropy.expect("asked for");
+                let entropy = if c.entropy_coeff != 0.0 {
+                    entropy
+                } else {
+                    entropy.detach()
+                };
                 let old = rows(&data.old_logprobs);
                 let is_weights = (c.tis_cap > 0.0).then(|| {
                     truncated_is_weights(old.clone(), rows(&data.behaviour_logprobs), c.tis_cap)

@@ -346,8 +346,14 @@ pub fn value_loss<B: ModelBackend>(
 /// Entropy of the categorical distributions of `logits: [n, vocab]`, shape `[n]`:
 /// `logsumexp(l) - Σ softmax(l)·l` (verl's `entropy_from_logits`). Computed on logits shifted
 /// by their (detached) row maximum `s = l - max(l)`, which changes neither the value nor the
-/// gradient, as `log Z - Σ exp(s)·s / Z` with `Z = Σ exp(s)`: three `[n, vocab]`
-/// intermediates (`s`, `exp(s)`, `exp(s)·s`), which matters at LLM vocabulary sizes.
+/// gradient, as `log Z - Σ exp(s)·s / Z` with `Z = Σ exp(s)`.
+///
+/// The training step does not use this: it needs the whole `[n, vocab]` logits (and keeps
+/// three more such intermediates under autodiff), where the learner's entropies come from the
+/// chunked head ([`grlo_model::lm_head`], through
+/// [`response_logprobs`](crate::sequences::response_logprobs)) in the same pass as the
+/// log-probabilities. It stays as the formula's reference for tests and for callers that hold
+/// logits anyway.
 pub fn entropy_from_logits<B: ModelBackend>(logits: Tensor<B, 2>) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
     let shifted = logits.clone() - logits.detach().max_dim(1); // [n, vocab]

@@ -3,16 +3,15 @@
 //!
 //! Token `j` of a response that starts at position `p` is predicted by the hidden state at
 //! `p + j - 1`; its value (the critic's estimate before emitting it) is read at the same
-//! state, as verl does. Only those states go through the vocabulary head, so the
-//! `[tokens, vocab]` logits are never built for prompt positions.
+//! state, as verl does. Only those states go through the vocabulary head, and the head computes
+//! their log-probabilities (and entropies) a chunk of tokens at a time
+//! ([`Model::token_logprobs`]): the `[tokens, vocab]` logits are never built whole, not even
+//! for the response tokens.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use grlo_model::backend::{ModelAutodiffBackend, ModelBackend};
 use grlo_model::checkpointing::TrainingForward;
 use grlo_model::{Model, TokenBatch};
-
-use crate::loss::entropy_from_logits;
 
 /// A micro-batch of sequences: each row is a prompt followed by its response.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,8 +126,11 @@ impl SequenceBatch {
     }
 }
 
-/// Log-probabilities of the response tokens under `policy`, `[batch, max_response]` (0 in
-/// padding), and optionally the entropy of the predictive distribution at each.
+/// Log-probabilities of the response tokens under `policy`, `[batch, max_response]` (padding
+/// slots hold the log-probability of token 0 at row 0's first state: mask them), and
+/// optionally the entropy of the predictive distribution at each, both f32. Computed by the
+/// chunked head, whose memory is a chunk of logits whatever the batch; an entropy that the
+/// loss does not use costs its forward reduction only (no backward work, no memory).
 pub fn response_logprobs<B: ModelBackend>(
     policy: &Model<B>,
     batch: &SequenceBatch,
@@ -160,17 +162,14 @@ fn logprobs_of_states<B: ModelBackend>(
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
     let width = batch.max_response();
     let rows = batch.len();
-    let device = policy.device();
-    let logits = policy.lm_logits(states); // [rows * width, vocab]
-    let entropy = with_entropy.then(|| entropy_from_logits(logits.clone()).reshape([rows, width]));
     let seq = batch.rows.iter().map(Vec::len).max().unwrap_or(0);
     let (_, targets) = batch.response_states(seq);
-    let targets =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [rows * width, 1]), &device);
-    let logprobs = log_softmax(logits, 1)
-        .gather(1, targets)
-        .reshape([rows, width]);
-    (logprobs, entropy)
+    let targets: Vec<u32> = targets.into_iter().map(|t| t as u32).collect();
+    let out = policy.token_logprobs(states, &targets, with_entropy); // [rows * width] each
+    (
+        out.logprobs.reshape([rows, width]),
+        out.entropy.map(|entropy| entropy.reshape([rows, width])),
+    )
 }
 
 /// The critic's value at each response token, `[batch, max_response]`.
@@ -233,6 +232,71 @@ mod tests {
         assert_eq!(split_by_tokens(&[2, 10, 2], 8), vec![0..1, 1..2, 2..3]);
         assert_eq!(split_by_tokens(&[3, 3, 3], 100), vec![0..3]);
         assert!(split_by_tokens(&[], 8).is_empty());
+    }
+
+    /// The chunked head's log-probabilities and entropies of the response tokens, and the
+    /// gradient of an entropy bonus, against the full logits with `log_softmax` and
+    /// [`entropy_from_logits`](crate::loss::entropy_from_logits).
+    #[test]
+    fn response_logprobs_and_entropies_match_the_full_logits() {
+        use burn::backend::Autodiff;
+        use burn::tensor::activation::log_softmax;
+        use grlo_model::model::to_f32_vec;
+
+        type A = Autodiff<grlo_model::backend::Cpu>;
+        let device = Default::default();
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models/qwen3-tiny");
+        let policy = Model::<A>::load(&dir, &device).unwrap();
+        let batch = SequenceBatch::new(&[&[1, 2, 3], &[4]], &[&[5, 6], &[7, 8, 9]]);
+        let mask = batch.mask::<A>(&device);
+        let masked_sum = |x: Tensor<A, 2>| x.mul(mask.clone()).sum();
+
+        let (lp, entropy) = response_logprobs(&policy, &batch, true);
+        let entropy = entropy.unwrap();
+        let (lp_host, entropy_host) = (to_f32_vec(lp.clone()), to_f32_vec(entropy.clone()));
+        let grads = masked_sum(lp).add(masked_sum(entropy)).backward();
+
+        let logits = policy.lm_logits(batch.forward_states(&policy)); // [6, vocab]
+        let ref_entropy = crate::loss::entropy_from_logits(logits.clone()).reshape([2, 3]);
+        let (_, targets) = batch.response_states(5);
+        let targets = Tensor::<A, 2, Int>::from_data(TensorData::new(targets, [6, 1]), &device);
+        let ref_lp = log_softmax(logits, 1).gather(1, targets).reshape([2, 3]);
+        let ref_grads = masked_sum(ref_lp.clone())
+            .add(masked_sum(ref_entropy.clone()))
+            .backward();
+
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let real = to_f32_vec(mask.clone());
+        let only_real =
+            |v: Vec<f32>| -> Vec<f32> { v.iter().zip(&real).map(|(x, m)| x * m).collect() };
+        let diff = max_diff(&only_real(lp_host), &only_real(to_f32_vec(ref_lp)));
+        assert!(diff < 1e-5, "logprobs: max |diff| {diff}");
+        let diff = max_diff(
+            &only_real(entropy_host),
+            &only_real(to_f32_vec(ref_entropy)),
+        );
+        assert!(diff < 1e-5, "entropies: max |diff| {diff}");
+        let head = policy
+            .lm_head
+            .as_ref()
+            .expect("qwen3-tiny has an untied head")
+            .val();
+        let (ours, theirs) = (
+            to_f32_vec(head.grad(&grads).unwrap()),
+            to_f32_vec(head.grad(&ref_grads).unwrap()),
+        );
+        let scale = theirs.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        let diff = max_diff(&ours, &theirs);
+        assert!(
+            diff < 1e-5 * scale,
+            "lm_head gradient: max |diff| {diff} (scale {scale})"
+        );
     }
 
     #[test]
