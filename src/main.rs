@@ -50,10 +50,14 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Prefill, decode and forward+backward tokens/s of the model core.
+    /// Prefill, decode and forward+backward tokens/s of the model core (and long-context
+    /// training with peak memory, --long-context).
     Model(cli::bench::BenchModelArgs),
     /// Rollout throughput of the distributed service beside one process, and weight-sync time.
     Service(cli::bench_service::BenchServiceArgs),
+    /// One long-context workload in a process of its own (run by `bench model --long-context`).
+    #[command(hide = true)]
+    ModelWorker(cli::bench_long::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +92,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Model(command) => cli::model::run(command).and_then(print_line),
         Command::Bench(BenchCommand::Model(args)) => cli::bench::run(args).and_then(print_line),
+        Command::Bench(BenchCommand::ModelWorker(args)) => {
+            cli::bench_long::worker(args).and_then(print_line)
+        }
         Command::Bench(BenchCommand::Service(args)) => {
             cli::bench_service::run(args).and_then(print_line)
         }

@@ -3,8 +3,10 @@
 //! Both sides run the same workloads on randomly initialised models of the same shape: prefill
 //! (a forward over the prompts, logits at the last position only, as generation needs), greedy
 //! decoding with a KV cache at several batch sizes, a forward+backward pass of the next-token
-//! cross-entropy, and a whole training step (forward, backward, gradient clipping and AdamW). The peer runs in a child process (`bench/peer_transformers.py`)
-//! with the same thread count; the table prints tokens/s of each side and their ratio.
+//! cross-entropy, and a whole training step (forward, backward, gradient clipping and AdamW).
+//! The peer runs in a child process (`bench/peer_transformers.py`) with the same thread count;
+//! the table prints tokens/s of each side and their ratio. `--long-context` adds forward+backward
+//! passes over one long sequence, with peak memory (see `bench_long.rs`).
 
 use grlo_model::backend::{ModelAutodiffBackend, ModelBackend};
 use std::path::{Path, PathBuf};
@@ -14,7 +16,6 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::backend::Autodiff;
 use burn::optim::GradientsParams;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use grlo_learner::config::{LrSchedule, OptimSection};
@@ -23,6 +24,7 @@ use grlo_model::model::to_f32_vec;
 use grlo_model::{GenerationParams, Model, ModelConfig, SamplingParams, TokenBatch};
 use serde::Serialize;
 
+use super::bench_long;
 use crate::device::{DeviceArg, OnBackend, dispatch};
 
 /// A Qwen3-shaped model of about 27M parameters (tied embeddings).
@@ -62,6 +64,18 @@ pub struct BenchModelArgs {
     /// Smaller workloads (for a quick look, and for the large config on a small CPU).
     #[arg(long)]
     pub quick: bool,
+    /// Long-context training workloads: a forward+backward pass (next-token cross-entropy) over
+    /// one sequence of each of these lengths (e.g. 512,1024,2048,4096), batch 1, beside PyTorch
+    /// sdpa, with tokens/s and peak memory of both sides. Each runs in its own child process on
+    /// each side; peak memory is the growth over the memory held with the model loaded (CPU:
+    /// peak RSS; CUDA: the allocator pools' reserved bytes, and torch's max allocated too).
+    /// Off by default: on 2 CPU cores qwen3-25m at 512..4096 takes ~9 minutes with --rounds 2
+    /// and grlo's side grows by ~13 GiB at 4096; qwen3-0.6b at these lengths is for GPUs.
+    #[arg(long, value_delimiter = ',', value_name = "LENGTHS")]
+    pub long_context: Vec<usize>,
+    /// Run only the --long-context workloads, not prefill, decode and the training workloads.
+    #[arg(long, requires = "long_context")]
+    pub long_context_only: bool,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -69,12 +83,12 @@ pub struct BenchModelArgs {
 
 /// One measured workload, with the same name on both sides.
 #[derive(Clone, Debug, Serialize)]
-struct Workload {
-    name: String,
-    kind: &'static str,
-    batch: usize,
-    seq: usize,
-    steps: usize,
+pub(super) struct Workload {
+    pub(super) name: String,
+    pub(super) kind: &'static str,
+    pub(super) batch: usize,
+    pub(super) seq: usize,
+    pub(super) steps: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,51 +151,94 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<String> {
             .map(usize::from)
             .unwrap_or(1)
     };
-    let mut rows = Vec::new();
+    // Every config and long-context length is checked before anything runs.
+    let mut configs = Vec::new();
     for name in &args.configs {
-        let (json, large) = match name.as_str() {
-            "qwen3-25m" => (QWEN3_25M, false),
-            "qwen3-0.6b" => (QWEN3_0_6B, true),
-            other => bail!("unknown bench config \"{other}\" (use qwen3-25m or qwen3-0.6b)"),
-        };
+        let (json, large) = bench_config(name)?;
         let config = ModelConfig::from_json_str(json, Path::new(name))?;
-        let plan = plan(large, args.quick, &args.decode_batches);
-        eprintln!(
-            "[bench] {name}: grlo on {:?}, {threads} threads",
-            args.device
-        );
-        let ours = dispatch(
-            &args.device,
-            GrloSide {
-                config: config.clone(),
-                plan: plan.clone(),
-                rounds: args.rounds,
-            },
-        )?;
-        let peer = if args.peer == "none" {
-            None
-        } else {
-            eprintln!("[bench] {name}: transformers peer");
-            Some(run_peer(&args, json, &plan, threads)?)
-        };
-        for (workload, grlo) in plan.iter().zip(ours) {
+        let long_plan = bench_long::plan(&config, &args.long_context)?;
+        configs.push((name, json, large, config, long_plan));
+    }
+    let mut rows = Vec::new();
+    let mut long_rows = Vec::new();
+    for (name, json, large, config, long_plan) in configs {
+        if !args.long_context_only {
+            rows.extend(standard_rows(&args, name, json, large, config, threads)?);
+        }
+        long_rows.extend(bench_long::run(&args, name, &long_plan, threads)?);
+    }
+    if args.json {
+        if args.long_context.is_empty() {
+            return Ok(serde_json::to_string(&rows)?);
+        }
+        return Ok(serde_json::to_string(
+            &serde_json::json!({"workloads": rows, "long_context": long_rows}),
+        )?);
+    }
+    let mut out = String::new();
+    if !args.long_context_only {
+        out += &table(&rows, &args.device, threads);
+    }
+    if !long_rows.is_empty() {
+        out += &bench_long::table(&long_rows, &args.device, threads);
+    }
+    Ok(out.trim_end().to_string())
+}
+
+/// Prefill, decode and the training workloads of one config, on both sides.
+fn standard_rows(
+    args: &BenchModelArgs,
+    name: &str,
+    json: &str,
+    large: bool,
+    config: ModelConfig,
+    threads: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let plan = plan(large, args.quick, &args.decode_batches);
+    eprintln!(
+        "[bench] {name}: grlo on {:?}, {threads} threads",
+        args.device
+    );
+    let ours = dispatch(
+        &args.device,
+        GrloSide {
+            config,
+            plan: plan.clone(),
+            rounds: args.rounds,
+        },
+    )?;
+    let peer = if args.peer == "none" {
+        None
+    } else {
+        eprintln!("[bench] {name}: transformers peer");
+        Some(run_peer(args, json, &plan, threads)?)
+    };
+    Ok(plan
+        .iter()
+        .zip(ours)
+        .map(|(workload, grlo)| {
             let peer_value = peer
                 .as_ref()
                 .and_then(|p| p.get(&workload.name))
                 .and_then(serde_json::Value::as_f64);
-            rows.push(Row {
-                config: name.clone(),
+            Row {
+                config: name.to_string(),
                 workload: workload.name.clone(),
                 grlo_tokens_per_s: grlo,
                 peer_tokens_per_s: peer_value,
                 ratio: peer_value.map(|p| grlo / p),
-            });
-        }
+            }
+        })
+        .collect())
+}
+
+/// The config.json text of a bench shape, and whether it is the large one.
+pub(super) fn bench_config(name: &str) -> anyhow::Result<(&'static str, bool)> {
+    match name {
+        "qwen3-25m" => Ok((QWEN3_25M, false)),
+        "qwen3-0.6b" => Ok((QWEN3_0_6B, true)),
+        other => bail!("unknown bench config \"{other}\" (use qwen3-25m or qwen3-0.6b)"),
     }
-    if args.json {
-        return Ok(serde_json::to_string(&rows)?);
-    }
-    Ok(table(&rows, &args.device, threads))
 }
 
 fn table(rows: &[Row], device: &DeviceArg, threads: usize) -> String {
@@ -211,6 +268,20 @@ fn run_peer(
     plan: &[Workload],
     threads: usize,
 ) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    peer_output(args, config_json, plan, threads)?
+        .get("tokens_per_second")
+        .and_then(serde_json::Value::as_object)
+        .cloned()
+        .context("the transformers peer printed no tokens_per_second")
+}
+
+/// Runs the transformers peer over `plan` in a child process; the JSON object it printed.
+pub(super) fn peer_output(
+    args: &BenchModelArgs,
+    config_json: &str,
+    plan: &[Workload],
+    threads: usize,
+) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile_dir()?;
     let config_path = dir.join("config.json");
     let plan_path = dir.join("plan.json");
@@ -233,23 +304,18 @@ fn run_peer(
     let _ = std::fs::remove_dir_all(&dir);
     if !output.status.success() {
         bail!(
-            "the transformers peer failed (is torch installed? use --peer none to skip it): {}",
+            "the transformers peer failed ({}; is torch installed? use --peer none to skip it): {}",
+            output.status,
             String::from_utf8_lossy(&output.stderr)
                 .lines()
                 .last()
                 .unwrap_or("")
         );
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("the transformers peer printed no JSON")?;
-    value
-        .get("tokens_per_second")
-        .and_then(serde_json::Value::as_object)
-        .cloned()
-        .context("the transformers peer printed no tokens_per_second")
+    serde_json::from_slice(&output.stdout).context("the transformers peer printed no JSON")
 }
 
-fn peer_script() -> anyhow::Result<PathBuf> {
+pub(super) fn peer_script() -> anyhow::Result<PathBuf> {
     let candidates = [
         PathBuf::from("bench/peer_transformers.py"),
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/peer_transformers.py"),
@@ -260,7 +326,7 @@ fn peer_script() -> anyhow::Result<PathBuf> {
         .context("bench/peer_transformers.py not found: run from the repository root")
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
+pub(super) fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("grlo-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -343,23 +409,7 @@ fn train_tokens_per_s<A: ModelAutodiffBackend>(
     });
     let update = w.kind == "step";
     let seconds = median_seconds::<A>(device, rounds, || {
-        let batch = TokenBatch::right_padded(&rows, 0);
-        let logits = model.lm_logits(model.forward_hidden(&batch, None)); // [b * seq, vocab]
-        // next-token cross-entropy over every position but each row's last
-        let mut inputs = Vec::new();
-        let mut targets = Vec::new();
-        for (r, row) in rows.iter().enumerate() {
-            for t in 0..w.seq - 1 {
-                inputs.push((r * w.seq + t) as i64);
-                targets.push(row[t + 1] as i64);
-            }
-        }
-        let n = inputs.len();
-        let inputs = Tensor::<A, 1, Int>::from_data(TensorData::new(inputs, [n]), device);
-        let targets = Tensor::<A, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
-        let logp = log_softmax(logits.select(0, inputs), 1).gather(1, targets); // [n, 1]
-        let loss = logp.mean().neg();
-        let grads = loss.backward();
+        let grads = forward_backward(&model, &rows);
         if update {
             let grads = GradientsParams::from_grads(grads, &model);
             let norm = AdamW::<A::InnerBackend>::grad_norm(&model, &grads);
@@ -369,7 +419,46 @@ fn train_tokens_per_s<A: ModelAutodiffBackend>(
     (w.batch * w.seq) as f64 / seconds
 }
 
-fn random_rows(vocab: usize, batch: usize, seq: usize) -> Vec<Vec<u32>> {
+/// One forward+backward pass of the next-token cross-entropy over `rows` (equal lengths): the
+/// "train" and long-context workloads.
+pub(super) fn forward_backward<A: ModelAutodiffBackend>(
+    model: &Model<A>,
+    rows: &[Vec<u32>],
+) -> A::Gradients {
+    let batch = TokenBatch::right_padded(rows, 0);
+    next_token_loss(model, model.forward_hidden(&batch, None), rows).backward()
+}
+
+/// The next-token cross-entropy of equal-length `rows` (mean over every position but each row's
+/// last) from the decoder's hidden states `[rows * seq, hidden]`, as the learner computes
+/// log-probs: the LM head over every position, log-softmax, the target's entry. The one place
+/// the training workloads compute their loss (a chunked log-prob API can replace its body).
+pub(super) fn next_token_loss<B: ModelBackend>(
+    model: &Model<B>,
+    hidden: Tensor<B, 2>,
+    rows: &[Vec<u32>],
+) -> Tensor<B, 1> {
+    let device = hidden.device();
+    let seq = rows.first().map_or(0, Vec::len);
+    // Every position but each row's last predicts the next token, through the chunked
+    // log-prob head the learner uses (no whole `[tokens, vocab]` logits).
+    let mut inputs = Vec::new();
+    let mut targets = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        for t in 0..seq - 1 {
+            inputs.push((r * seq + t) as i64);
+            targets.push(row[t + 1]);
+        }
+    }
+    let n = inputs.len();
+    let inputs = Tensor::<B, 1, Int>::from_data(TensorData::new(inputs, [n]), &device);
+    let logp = model
+        .token_logprobs(hidden.select(0, inputs), &targets, false)
+        .logprobs; // [n]
+    logp.mean().neg()
+}
+
+pub(super) fn random_rows(vocab: usize, batch: usize, seq: usize) -> Vec<Vec<u32>> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     (0..batch)
         .map(|_| {
@@ -395,7 +484,11 @@ fn last_positions<B: ModelBackend>(
 }
 
 /// Median wall time of `rounds` runs after one warm-up, with the device synchronised.
-fn median_seconds<B: ModelBackend>(device: &B::Device, rounds: usize, mut f: impl FnMut()) -> f64 {
+pub(super) fn median_seconds<B: ModelBackend>(
+    device: &B::Device,
+    rounds: usize,
+    mut f: impl FnMut(),
+) -> f64 {
     f();
     let mut times: Vec<f64> = (0..rounds.max(1))
         .map(|_| {

@@ -1,6 +1,7 @@
 //! The `grlo` command line: one subcommand per role or tool.
 
 pub mod bench;
+pub mod bench_long;
 pub mod bench_service;
 pub mod ctl;
 pub mod model;
