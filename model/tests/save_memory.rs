@@ -141,7 +141,12 @@ fn saving_and_publishing_hold_about_one_tensor_at_a_time() {
     let shards = std::fs::read_dir(&bf16_dir)
         .unwrap()
         .filter(|e| {
-            let name = e.as_ref().unwrap().file_name().to_string_lossy().into_owned();
+            let name = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
             name.starts_with("model-") && name.ends_with("-of-00005.safetensors")
         })
         .count();
