@@ -155,6 +155,8 @@ fn a_spent_budget_stops_the_job_with_a_final_checkpoint() {
     let budget_hours = 0.004; // 14.4 GPU-seconds: 4 workers for about 3.6 s
     let job = cluster.submit_tiny(&[
         "trainer.total_steps=200",
+        // A checkpoint every step, so the last one written is of the last step trained.
+        "trainer.save_every=1",
         &format!("job.gpu_hours={budget_hours}"),
     ]);
     let done = cluster.wait_for_status(
@@ -213,6 +215,62 @@ fn a_spent_budget_stops_the_job_with_a_final_checkpoint() {
         table.contains("generation") && table.contains("GPU-SECONDS"),
         "{table}"
     );
+}
+
+#[test]
+fn the_learner_checkpoints_every_save_every_steps_and_keeps_the_newest() {
+    let _one = exclusive();
+    let cluster = Cluster::start_all(200, 60_000, 2);
+    let job = cluster.submit_tiny(&[
+        "trainer.total_steps=6",
+        "trainer.save_every=2",
+        "trainer.max_checkpoints_to_keep=2",
+    ]);
+    let done = cluster.wait_for_status(&job, &["succeeded", "failed"], JOB_TIMEOUT);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    cluster.assert_each_prompt_used_once(&job, 6, 32);
+
+    // Steps 2, 4 and 6 were checkpointed; the oldest went once step-6 was complete.
+    let checkpoints = cluster.run_dir(&job).join("checkpoints");
+    let mut names: Vec<String> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["step-4", "step-6"]);
+    assert_eq!(
+        std::fs::read_to_string(checkpoints.join("latest"))
+            .unwrap()
+            .trim(),
+        "step-6"
+    );
+    for part in [
+        "policy/model.safetensors",
+        "critic/model.safetensors",
+        "optimizer/policy.safetensors",
+        "state.json",
+    ] {
+        assert!(
+            checkpoints.join("step-4").join(part).is_file(),
+            "step-4/{part}"
+        );
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoints.join("step-4/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"], 4);
+    // The checkpoint's policy is the published version of its step, file for file.
+    for file in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let checkpointed = std::fs::read(checkpoints.join("step-6/policy").join(file)).unwrap();
+        let published = std::fs::read(checkpoints.join("weights/v6").join(file)).unwrap();
+        assert!(checkpointed == published, "{file} differs");
+    }
+    // Every step is covered by a checkpoint: no spooled trajectories are left.
+    let spooled: Vec<_> = std::fs::read_dir(cluster.run_dir(&job).join("spool"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(spooled.is_empty(), "{spooled:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Faults, each in its own test, each ending with the job succeeded and every prompt of every
-//! step used exactly once: an actor killed mid-generation, the reward server, the learner and
-//! the coordinator each killed (SIGKILL) and restarted.
+//! step used exactly once: an actor killed mid-generation, the reward server, the learner
+//! (before its first checkpoint, and between two) and the coordinator each killed (SIGKILL) and
+//! restarted.
 
 mod cluster;
 
@@ -48,10 +49,22 @@ fn log(cluster: &Cluster, role: &str) -> String {
 }
 
 fn submit(cluster: &Cluster) -> String {
-    cluster.submit_tiny(&[
-        &format!("trainer.total_steps={STEPS}"),
-        "job.prompts_per_task=8",
-    ])
+    submit_with(cluster, &[])
+}
+
+fn submit_with(cluster: &Cluster, extra: &[&str]) -> String {
+    let steps = format!("trainer.total_steps={STEPS}");
+    let mut overrides = vec![steps.as_str(), "job.prompts_per_task=8"];
+    overrides.extend(extra);
+    cluster.submit_tiny(&overrides)
+}
+
+fn latest(cluster: &Cluster, job: &str) -> String {
+    let path = cluster.run_dir(job).join("checkpoints/latest");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -103,6 +116,48 @@ fn a_learner_killed_and_restarted_resumes_from_its_checkpoint() {
     assert!(
         learner.contains("resum"),
         "the learner did not resume:\n{learner}"
+    );
+}
+
+#[test]
+fn a_learner_killed_between_checkpoints_trains_the_spooled_steps_again_to_the_same_weights() {
+    let _one = exclusive();
+    let every_3 = ["trainer.save_every=3"];
+    let final_policy = |cluster: &Cluster, job: &str| {
+        let path = cluster
+            .run_dir(job)
+            .join("checkpoints/step-6/policy/model.safetensors");
+        std::fs::read(path).unwrap()
+    };
+    // The same job uninterrupted.
+    let straight = {
+        let cluster = Cluster::start_all(200, 60_000, 2);
+        let job = submit_with(&cluster, &every_3);
+        finish(&cluster, &job);
+        assert_eq!(latest(&cluster, &job), "step-6");
+        final_policy(&cluster, &job)
+    };
+
+    let mut cluster = Cluster::start_all(200, 60_000, 2);
+    let job = submit_with(&cluster, &every_3);
+    wait_for_step(&cluster, &job, 4);
+    cluster.kill("learner");
+    // Killed after announcing step 4: its checkpoint is step 3's, step 4 is only in the spool.
+    assert_eq!(latest(&cluster, &job), "step-3");
+    assert!(cluster.run_dir(&job).join("spool/step-4").is_dir());
+    assert!(!cluster.run_dir(&job).join("spool/step-3").exists());
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start("learner");
+    finish(&cluster, &job);
+    let learner = log(&cluster, "learner");
+    assert!(
+        learner.contains("re-training the spooled steps after the checkpoint"),
+        "the learner did not train the spooled steps again:\n{learner}"
+    );
+    assert_eq!(latest(&cluster, &job), "step-6");
+    assert!(
+        final_policy(&cluster, &job) == straight,
+        "the final policy differs from the uninterrupted run's"
     );
 }
 

@@ -366,3 +366,63 @@ fn every_trained_step_is_kept_in_order_across_a_restart() {
     assert_eq!(failure.code(), tonic::Code::NotFound);
     assert!(message.contains("job-404"), "{message}");
 }
+
+#[test]
+fn an_older_weight_version_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Cluster {
+        mut state,
+        job,
+        learner,
+        actor,
+    } = cluster(dir.path(), &["job.staleness=1"]);
+    publish(&mut state, &learner, &job, 0, 0);
+    for step in 1..=3 {
+        publish_step(&mut state, &learner, &job, step, 1000 * step as i64);
+    }
+    let before = state.job(&job).unwrap();
+    assert_eq!((before.step, before.weight_version), (3, Some(3)));
+    assert_eq!(
+        before.tasks_created_to_step, 5,
+        "steps 4 and 5 with staleness 1"
+    );
+
+    // A learner resumed from its checkpoint of step 1 re-trains step 2 and announces it,
+    // with metrics and with `finished` set.
+    let mut request = v1::PublishWeightsRequest {
+        worker_id: learner.clone(),
+        weights: Some(v1::WeightVersion {
+            job_id: job.clone(),
+            version: 2,
+            location: "/weights/v2".into(),
+        }),
+        step: 2,
+        step_metrics_json: r#"{"step":2,"reward_mean":9.0}"#.into(),
+        finished: true,
+    };
+    state.publish_weights(&request, 4000).unwrap();
+    request.finished = false;
+    state.publish_weights(&request, 4100).unwrap();
+    let after = state.job(&job).unwrap();
+    assert_eq!((after.step, after.weight_version), (3, Some(3)));
+    assert_eq!(after.weights_location, "/weights/v3");
+    assert_eq!(after.status, JobStatus::Running);
+    assert_eq!(after.last_metrics_json, before.last_metrics_json);
+    assert_eq!(after.tasks_created_to_step, 5);
+    let history = state.step_history(&job, 0).unwrap();
+    let steps: Vec<u64> = history.iter().map(|s| s.step).collect();
+    assert_eq!(steps, [1, 2, 3]);
+    assert_eq!(history[1].time_ms, 2000, "step 2's record is the first one");
+    // Tasks still run with the newest version, from the step after it.
+    heartbeat(&mut state, &actor, v1::Activity::Idle, 4200);
+    let next = state
+        .lease_task(&actor, 4200)
+        .unwrap()
+        .expect("a task of step 4");
+    assert_eq!((next.step, next.weight_version), (4, 3));
+    assert_eq!(next.weights_location, "/weights/v3");
+
+    // The same version again is recorded again (a learner that missed the answer).
+    publish_step(&mut state, &learner, &job, 3, 4300);
+    assert_eq!(state.job(&job).unwrap().step, 3);
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use grlo_model::store::block_on;
+use grlo_model::transfer::Transfer;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,9 @@ pub struct TrainState {
     pub seed: u64,
 }
 
+/// The object naming the newest complete checkpoint.
+const LATEST: &str = "latest";
+
 /// Where checkpoints are kept.
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
@@ -39,27 +43,44 @@ pub struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// A local directory (created) or an object store URL.
+    /// A local directory (created) or an object store URL, with S3 settings from `AWS_*`.
     pub fn open(location: &str) -> Result<Self> {
-        let (store, prefix): (Arc<dyn ObjectStore>, StorePath) = if location.contains("://") {
-            let url = url_of(location)?;
-            let (store, prefix) = object_store::parse_url_opts(
-                &url,
-                std::env::vars().filter(|(k, _)| k.starts_with("AWS_")),
-            )
-            .map_err(|e| error(location, e))?;
-            (Arc::from(store), prefix)
+        Self::open_with_options(location, &[])
+    }
+
+    /// Like [`CheckpointStore::open`], with object store options (such as `AWS_ENDPOINT`,
+    /// `AWS_ALLOW_HTTP`) that override the environment.
+    pub fn open_with_options(location: &str, options: &[(String, String)]) -> Result<Self> {
+        let local = if location.contains("://") {
+            let url = url::Url::parse(location).map_err(|e| error(location, e))?;
+            if url.scheme() == "file" {
+                Some(
+                    url.to_file_path()
+                        .map_err(|()| error(location, "not a local file path"))?,
+                )
+            } else {
+                let (store, prefix) = grlo_model::store::open_with_options(&url, options)?;
+                return Ok(CheckpointStore {
+                    store: Arc::from(store),
+                    prefix,
+                    display: location.to_string(),
+                });
+            }
         } else {
-            std::fs::create_dir_all(location).map_err(|e| LearnerError::write(location, e))?;
-            let root =
-                std::fs::canonicalize(location).map_err(|e| LearnerError::write(location, e))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-                .map_err(|e| error(location, e))?;
-            (Arc::new(store), StorePath::default())
+            Some(PathBuf::from(location))
         };
+        let dir = local.expect("a local directory");
+        std::fs::create_dir_all(&dir).map_err(|e| LearnerError::write(&dir, e))?;
+        let root = std::fs::canonicalize(&dir).map_err(|e| LearnerError::write(&dir, e))?;
+        // Durable writes (a checkpoint must survive a crash once `latest` names it), and
+        // deleting a checkpoint's last file removes its directories.
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| error(location, e))?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
         Ok(CheckpointStore {
-            store,
-            prefix,
+            store: Arc::new(store),
+            prefix: StorePath::default(),
             display: location.to_string(),
         })
     }
@@ -68,45 +89,125 @@ impl CheckpointStore {
         &self.display
     }
 
-    /// Uploads a local checkpoint directory as `name`, then points `latest` at it.
+    fn transfer(&self) -> Transfer {
+        Transfer::new(self.store.clone(), self.display.clone())
+    }
+
+    /// Uploads a local checkpoint directory as `name`, a file at a time and each file a part
+    /// at a time, then points `latest` at it. A failure leaves `latest` where it was.
     pub fn save(&self, name: &str, local: &Path) -> Result<()> {
+        let files = files_under(local)?;
         block_on(async {
-            for file in files_under(local)? {
-                let relative = file.strip_prefix(local).expect("under the directory");
-                let key = self.key(&format!("{name}/{}", relative.to_string_lossy()));
-                let bytes =
-                    std::fs::read(&file).map_err(|e| error(&file.display().to_string(), e))?;
-                self.store
-                    .put(&key, PutPayload::from(bytes))
-                    .await
-                    .map_err(|e| error(&self.display, e))?;
+            // Files of an earlier attempt at this name that this one does not overwrite
+            // (never those of the checkpoint `latest` names).
+            if self.latest_async().await?.as_deref() != Some(name) {
+                self.remove_async(name).await?;
+            }
+            let transfer = self.transfer();
+            for file in files {
+                let relative = file
+                    .strip_prefix(local)
+                    .expect("under the directory")
+                    .to_string_lossy()
+                    .into_owned();
+                let relative = format!("{name}/{relative}");
+                transfer
+                    .upload(&file, &self.key(&relative), &relative, false)
+                    .await?;
             }
             self.store
                 .put(
-                    &self.key("latest"),
+                    &self.key(LATEST),
                     PutPayload::from(name.as_bytes().to_vec()),
                 )
                 .await
-                .map_err(|e| error(&self.display, e))?;
+                .map_err(|e| error(&self.display, format!("writing {LATEST}: {e}")))?;
             Ok(())
         })
     }
 
     /// The name of the newest complete checkpoint, if any.
     pub fn latest(&self) -> Result<Option<String>> {
-        block_on(async {
-            match self.store.get(&self.key("latest")).await {
-                Ok(result) => {
-                    let bytes = result.bytes().await.map_err(|e| error(&self.display, e))?;
-                    Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string()))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(error(&self.display, e)),
+        block_on(self.latest_async())
+    }
+
+    async fn latest_async(&self) -> Result<Option<String>> {
+        match self.store.get(&self.key(LATEST)).await {
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(|e| error(&self.display, e))?;
+                Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string()))
             }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(error(&self.display, e)),
+        }
+    }
+
+    /// The checkpoints `step-N` in the store (complete or not), oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<String>> {
+        block_on(self.checkpoints_async())
+    }
+
+    async fn checkpoints_async(&self) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map_err(|e| error(&self.display, e))?;
+        let mut steps: Vec<(u64, String)> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .filter_map(|name| Some((name.strip_prefix("step-")?.parse().ok()?, name)))
+            .collect();
+        steps.sort();
+        Ok(steps.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// Deletes the oldest checkpoints beyond the newest `keep` (0 keeps all), never the one
+    /// `latest` names. Returns the names deleted.
+    pub fn prune(&self, keep: usize) -> Result<Vec<String>> {
+        if keep == 0 {
+            return Ok(Vec::new());
+        }
+        block_on(async {
+            let latest = self.latest_async().await?;
+            let all = self.checkpoints_async().await?;
+            let old = all.len().saturating_sub(keep);
+            let mut removed = Vec::new();
+            for name in &all[..old] {
+                if latest.as_deref() == Some(name.as_str()) {
+                    continue;
+                }
+                self.remove_async(name).await?;
+                removed.push(name.clone());
+            }
+            Ok(removed)
         })
     }
 
-    /// Downloads checkpoint `name` into `dest`.
+    /// Deletes every object of checkpoint `name`, `state.json` first (without it a
+    /// half-deleted checkpoint is never taken for a whole one).
+    async fn remove_async(&self, name: &str) -> Result<()> {
+        let mut objects: Vec<StorePath> = self
+            .store
+            .list(Some(&self.key(name)))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| error(&self.display, e))?;
+        objects.sort_by_key(|o| o.filename() != Some("state.json"));
+        for object in objects {
+            match self.store.delete(&object).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(error(&self.display, format!("deleting {object}: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Downloads checkpoint `name` into `dest`, streaming each file to disk.
     pub fn download(&self, name: &str, dest: &Path) -> Result<()> {
         block_on(async {
             let prefix = self.key(name);
@@ -122,6 +223,7 @@ impl CheckpointStore {
                     message: "no files".into(),
                 });
             }
+            let transfer = self.transfer();
             for object in objects {
                 let relative: Vec<_> = object
                     .location
@@ -134,15 +236,10 @@ impl CheckpointStore {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| LearnerError::write(parent, e))?;
                 }
-                let bytes = self
-                    .store
-                    .get(&object.location)
-                    .await
-                    .map_err(|e| error(&self.display, e))?
-                    .bytes()
-                    .await
-                    .map_err(|e| error(&self.display, e))?;
-                std::fs::write(&path, &bytes).map_err(|e| LearnerError::write(&path, e))?;
+                let shown = format!("{name}/{}", relative.join("/"));
+                transfer
+                    .download(&object.location, &shown, &path, false)
+                    .await?;
             }
             Ok(())
         })
@@ -154,10 +251,6 @@ impl CheckpointStore {
             .filter(|p| !p.is_empty())
             .fold(self.prefix.clone(), |key, part| key.join(part))
     }
-}
-
-fn url_of(location: &str) -> Result<url::Url> {
-    url::Url::parse(location).map_err(|e| error(location, e))
 }
 
 fn error(location: &str, e: impl std::fmt::Display) -> LearnerError {
@@ -215,6 +308,64 @@ mod tests {
         assert_eq!(
             std::fs::read(back.path().join("state.json")).unwrap(),
             b"{\"step\": 2}"
+        );
+    }
+
+    fn save_step(store: &CheckpointStore, step: usize) {
+        let local = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(local.path().join("policy")).unwrap();
+        std::fs::write(
+            local.path().join("policy/model.safetensors"),
+            [step as u8; 9],
+        )
+        .unwrap();
+        std::fs::write(
+            local.path().join("state.json"),
+            format!("{{\"step\": {step}}}"),
+        )
+        .unwrap();
+        store.save(&format!("step-{step}"), local.path()).unwrap();
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_never_the_latest() {
+        let root = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(root.path().to_str().unwrap()).unwrap();
+        for step in [2, 4, 10, 6] {
+            save_step(&store, step);
+        }
+        // Not a checkpoint: left alone.
+        std::fs::create_dir_all(root.path().join("weights/v3")).unwrap();
+        std::fs::write(root.path().join("weights/v3/manifest.json"), b"{}").unwrap();
+        assert_eq!(
+            store.checkpoints().unwrap(),
+            ["step-2", "step-4", "step-6", "step-10"]
+        );
+        assert_eq!(store.prune(0).unwrap(), Vec::<String>::new());
+        // `latest` is step-6, not the highest step: it stays, and two others with it.
+        assert_eq!(store.prune(2).unwrap(), ["step-2", "step-4"]);
+        assert_eq!(store.checkpoints().unwrap(), ["step-6", "step-10"]);
+        assert_eq!(store.prune(1).unwrap(), Vec::<String>::new());
+        assert_eq!(store.latest().unwrap().as_deref(), Some("step-6"));
+        assert!(
+            !root.path().join("step-2").exists(),
+            "its directory is gone too"
+        );
+        assert!(root.path().join("weights/v3/manifest.json").is_file());
+    }
+
+    #[test]
+    fn a_save_over_a_broken_attempt_keeps_none_of_its_files() {
+        let root = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(root.path().to_str().unwrap()).unwrap();
+        save_step(&store, 1);
+        std::fs::create_dir_all(root.path().join("step-2/critic")).unwrap();
+        std::fs::write(root.path().join("step-2/critic/stale.bin"), b"x").unwrap();
+        save_step(&store, 2);
+        assert!(!root.path().join("step-2/critic").exists());
+        assert_eq!(
+            std::fs::read(root.path().join("step-2/policy/model.safetensors")).unwrap(),
+            [2u8; 9]
         );
     }
 

@@ -338,6 +338,9 @@ pub struct TrainerSection {
     pub total_steps: Option<usize>,
     /// Save a checkpoint every this many steps (and at the end); 0 saves only at the end.
     pub save_every: usize,
+    /// Checkpoints kept: after each checkpoint the oldest beyond this many are deleted (never
+    /// the one `latest` names); 0 keeps all (verl's `max_actor_ckpt_to_keep`).
+    pub max_checkpoints_to_keep: usize,
     /// Run directory: resolved config, metrics.jsonl, checkpoints.
     pub run_dir: String,
     /// Where checkpoints go if not under the run directory (an object store URL).
@@ -369,6 +372,7 @@ impl Default for TrainerSection {
             total_epochs: 1,
             total_steps: None,
             save_every: 0,
+            max_checkpoints_to_keep: 0,
             run_dir: "runs/default".into(),
             checkpoint_location: None,
             device: "cpu".into(),

@@ -7,15 +7,16 @@
 //! from saved weights finds its optimizer state again, and the clip is global, as PyTorch's.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use grlo_model::model::to_f32_vec;
-use grlo_model::safetensors_io::NamedTensor;
+use grlo_model::safetensors_io::{LazyTensor, WeightFiles};
 
 use crate::config::{LrSchedule, LrScheduleKind, OptimSection};
+use crate::error::Result;
 
 /// First and second moments of one parameter, flattened.
 #[derive(Clone, Debug)]
@@ -91,42 +92,53 @@ impl<B: Backend> AdamW<B> {
         module.map(&mut mapper)
     }
 
-    /// The moments as named tensors (`exp_avg.PATH`, `exp_avg_sq.PATH`) for a checkpoint.
-    pub fn state_tensors(&self) -> Vec<NamedTensor> {
+    /// The moments as tensors named `exp_avg.PATH` and `exp_avg_sq.PATH` (flat), for a
+    /// checkpoint; each is read to the host only when the writer reaches it.
+    pub fn state_tensors(&self) -> Vec<LazyTensor> {
         let mut out = Vec::with_capacity(self.moments.len() * 2);
         for (path, moments) in &self.moments {
             for (kind, tensor) in [("exp_avg", &moments.m), ("exp_avg_sq", &moments.v)] {
-                let values = to_f32_vec(tensor.clone());
-                out.push(NamedTensor {
-                    name: format!("{kind}.{path}"),
-                    shape: vec![values.len()],
-                    values,
-                });
+                let tensor = tensor.clone();
+                out.push(LazyTensor::new(
+                    format!("{kind}.{path}"),
+                    tensor.dims().to_vec(),
+                    move || tensor.into_data(),
+                ));
             }
         }
         out
     }
 
-    /// Restores the moments saved by [`AdamW::state_tensors`] and the step count.
-    pub fn load_state(&mut self, step: u64, tensors: Vec<NamedTensor>, device: &B::Device) {
+    /// Restores the step count and the moments saved from [`AdamW::state_tensors`] in the
+    /// safetensors file `path`, one tensor at a time (the file is mapped, not read whole).
+    pub fn load_state(&mut self, step: u64, path: &Path, device: &B::Device) -> Result<()> {
+        let files = WeightFiles::open_file(path)?;
         self.step = step;
         self.moments.clear();
         let mut first: BTreeMap<String, Tensor<B, 1>> = BTreeMap::new();
         let mut second: BTreeMap<String, Tensor<B, 1>> = BTreeMap::new();
-        for t in tensors {
-            let len = t.values.len();
-            let tensor = Tensor::from_data(TensorData::new(t.values, [len]), device);
-            if let Some(path) = t.name.strip_prefix("exp_avg_sq.") {
-                second.insert(path.to_string(), tensor);
-            } else if let Some(path) = t.name.strip_prefix("exp_avg.") {
-                first.insert(path.to_string(), tensor);
-            }
+        for name in files.names() {
+            let (kind, path) = if let Some(path) = name.strip_prefix("exp_avg_sq.") {
+                (&mut second, path)
+            } else if let Some(path) = name.strip_prefix("exp_avg.") {
+                (&mut first, path)
+            } else {
+                continue;
+            };
+            let shape = files.shape(name).unwrap_or_default();
+            let values = files.read_f32(name, &shape)?;
+            let len = values.len();
+            kind.insert(
+                path.to_string(),
+                Tensor::from_data(TensorData::new(values, [len]), device),
+            );
         }
         for (path, m) in first {
             if let Some(v) = second.remove(&path) {
                 self.moments.insert(path, Moments { m, v });
             }
         }
+        Ok(())
     }
 }
 

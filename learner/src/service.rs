@@ -2,9 +2,17 @@
 //! gRPC, trains a step once the step's batch is complete, checkpoints, publishes the new
 //! weight version to the object store and tells the coordinator.
 //!
-//! Trajectories are spooled to disk before they are acknowledged, and every step is
-//! checkpointed before its version is announced, so a learner killed at any point resumes from
-//! its last checkpoint with the trajectories it had acknowledged: no step is lost or repeated.
+//! Each step's policy is exported once into the run directory's staging area; those files are
+//! the published version and, on checkpoint steps (every `trainer.save_every` steps and the
+//! last), the checkpoint's `policy/`. Checkpoints beyond `trainer.max_checkpoints_to_keep` are
+//! deleted once the new one is complete and `latest` names it.
+//!
+//! Trajectories are spooled to disk before they are acknowledged and kept until a checkpoint
+//! covers their step, so a learner killed at any point resumes from its last checkpoint and
+//! trains the spooled steps after it again, on the same trajectories, to the same weights: no
+//! step is lost or repeated. Steps trained again are neither recorded in `steps.jsonl` again
+//! nor published or announced again (`RUN_DIR/announced` holds the newest version the
+//! coordinator acknowledged).
 
 use grlo_model::backend::ModelAutodiffBackend;
 use std::path::{Path, PathBuf};
@@ -25,7 +33,7 @@ use crate::TrainConfig;
 use crate::checkpoint::CheckpointStore;
 use crate::error::LearnerError;
 use crate::telemetry::LearnerMetrics;
-use crate::trainer::{Trainer, checkpoint_location};
+use crate::trainer::{StagedPolicy, Trainer, checkpoint_location};
 use crate::trajectory::Trajectory;
 use crate::wire::from_wire;
 
@@ -106,6 +114,23 @@ impl JobSpool {
         std::fs::create_dir_all(&dir)?;
         let bytes = serde_json::to_vec(trajectories).expect("trajectories serialise");
         grlo_model::safetensors_io::write_atomically(&path, &bytes).map_err(std::io::Error::other)
+    }
+
+    /// Deletes the spool of every step up to `step`.
+    fn remove_up_to(&self, step: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let spooled = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("step-"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if spooled.is_some_and(|s| s <= step) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// The trajectories stored for a step.
@@ -382,18 +407,44 @@ impl TrainingJob {
 
     fn train<A: ModelAutodiffBackend>(self, device: A::Device) -> anyhow::Result<()> {
         let config = self.config.clone();
+        let run_dir = PathBuf::from(&config.trainer.run_dir);
         let location = checkpoint_location(&config);
         let resume = CheckpointStore::open(&location)?.latest()?.is_some();
         let mut trainer = Trainer::<A>::new(config.clone(), &device, resume)?;
         trainer.learner.interrupt = self.shared.stop.clone();
         let total = trainer.total_steps() as u64;
         let staleness = config.job.staleness;
+        let save_every = config.trainer.save_every as u64;
         let per_epoch = (total / config.trainer.total_epochs.max(1) as u64).max(1);
-        let mut step = trainer.step_index() as u64;
+        let checkpointed = trainer.step_index() as u64;
+        let mut step = checkpointed;
         self.shared.step.store(step, Ordering::SeqCst);
         self.recover_step_record(step)?;
-        self.set_trained(step);
-        self.publish(&trainer, step, String::new(), step >= total)?;
+        self.set_trained(step, checkpointed);
+        let recorded = StepRecord::last_recorded(&run_dir);
+        // The newest version the coordinator has heard of. Steps after the checkpoint up to it
+        // were trained before this start: they are trained again from their spool (the same
+        // trajectories, so the same weights) without being published or announced again.
+        let mut announced = read_announced(&run_dir);
+        match announced {
+            Some(newest) if newest > step => {
+                self.check_spooled(step + 1, newest)?;
+                tracing::info!(job = %self.job_id, checkpoint = step, newest,
+                    "resuming: re-training the spooled steps after the checkpoint");
+                self.shared.version.store(newest, Ordering::SeqCst);
+                self.shared.metrics.weight_version.set(newest as i64);
+            }
+            Some(newest) if newest == step => {
+                // Its weights are in the store: tell the coordinator who has them now.
+                self.announce(step, String::new(), step >= total)?;
+            }
+            _ => {
+                let staged = trainer.stage_policy()?;
+                if self.publish(&trainer, &staged, step, String::new(), step >= total)? {
+                    announced = Some(step);
+                }
+            }
+        }
 
         let telemetry = self.shared.metrics.clone();
         while step < total {
@@ -420,6 +471,7 @@ impl TrainingJob {
             let record = StepRecord::of(step + 1, &trajectories);
             let metrics = match trainer.train_on_trajectories(trajectories, epoch) {
                 Err(LearnerError::Interrupted) => {
+                    // Nothing of the step may be saved: its weights may be partly updated.
                     self.shared.training.store(false, Ordering::SeqCst);
                     tracing::info!(job = %self.job_id, step = step + 1, "step abandoned on a stop request");
                     break;
@@ -427,27 +479,88 @@ impl TrainingJob {
                 other => other?,
             };
             telemetry.phase("train", trained.elapsed());
-            let saved = Instant::now();
-            trainer.save()?;
-            telemetry.phase("checkpoint", saved.elapsed());
-            self.shared.training.store(false, Ordering::SeqCst);
             step += 1;
             self.shared.step.store(step, Ordering::SeqCst);
-            record.append(Path::new(&config.trainer.run_dir))?;
+            if step > recorded {
+                record.append(&run_dir)?;
+            }
             let metrics = serde_json::to_value(&metrics).expect("metrics serialise");
             telemetry.step(&metrics);
+
+            // The policy is exported once, for the checkpoint and the published version both.
+            let checkpoint = step == total || (save_every > 0 && step.is_multiple_of(save_every));
+            let publish = announced.is_none_or(|newest| step > newest);
+            let saved = Instant::now();
+            let staged = if checkpoint || publish {
+                Some(trainer.stage_policy()?)
+            } else {
+                None
+            };
+            if let (true, Some(staged)) = (checkpoint, &staged) {
+                trainer.checkpoint(staged)?;
+            }
+            telemetry.phase("checkpoint", saved.elapsed());
+            self.shared.training.store(false, Ordering::SeqCst);
             let published = Instant::now();
-            self.publish(&trainer, step, metrics.to_string(), step >= total)?;
+            if let (true, Some(staged)) = (publish, &staged)
+                && self.publish(&trainer, staged, step, metrics.to_string(), step >= total)?
+            {
+                announced = Some(step);
+            }
             telemetry.phase("publish", published.elapsed());
-            self.set_trained(step);
+            drop(staged);
+            // A step's trajectories go once a checkpoint covers it: until then a restart
+            // trains it again from them.
+            let covered = trainer
+                .last_checkpoint()
+                .and_then(|name| name.strip_prefix("step-")?.parse().ok())
+                .unwrap_or(checkpointed);
+            self.set_trained(step, covered);
         }
         if step < total && self.shared.job_ended.load(Ordering::SeqCst) {
-            // The job ended early (budget, cancel): the last checkpoint is its final one.
-            tracing::info!(job = %self.job_id, step, "job ended: final checkpoint written");
-            self.publish(&trainer, step, String::new(), true)?;
+            // The job ended early (budget, cancel): the last checkpoint written is its final
+            // one, and the newest version announced (the newest trained policy) its last.
+            tracing::info!(job = %self.job_id, step,
+                checkpoint = trainer.last_checkpoint().unwrap_or("none"),
+                "job ended: the last checkpoint written is the final one");
+            match announced {
+                Some(newest) => {
+                    self.announce(newest.max(step), String::new(), true)?;
+                }
+                None => {
+                    let staged = trainer.stage_policy()?;
+                    self.publish(&trainer, &staged, step, String::new(), true)?;
+                }
+            }
         } else if step < total {
-            // This process is stopping; a restart resumes from the checkpoint of `step`.
-            tracing::info!(job = %self.job_id, step, "stopping: checkpoint of step {step} kept for a restart");
+            // This process is stopping; a restart resumes from the last checkpoint and trains
+            // the spooled steps after it again.
+            tracing::info!(job = %self.job_id, step,
+                checkpoint = trainer.last_checkpoint().unwrap_or("none"),
+                "stopping: the last checkpoint and the spool are kept for a restart");
+        }
+        Ok(())
+    }
+
+    /// Steps `from..=to` were trained before this start: their whole batches must still be
+    /// in the spool to train them again.
+    fn check_spooled(&self, from: u64, to: u64) -> anyhow::Result<()> {
+        let spool = self.shared.job.lock().expect("not poisoned").clone();
+        let Some(spool) = spool else {
+            return Ok(());
+        };
+        for step in from..=to {
+            let found = spool.load(step)?.len();
+            if found < spool.needed {
+                anyhow::bail!(
+                    "step {step} was trained after the last checkpoint (step {}) but its spool \
+                     {} holds {found} of its {} trajectories: the learner's work directory must \
+                     survive a restart (or set trainer.save_every = 1)",
+                    from - 1,
+                    spool.step_dir(step).display(),
+                    spool.needed
+                );
+            }
         }
         Ok(())
     }
@@ -472,12 +585,13 @@ impl TrainingJob {
         Ok(())
     }
 
-    /// Marks steps up to `step` trained and drops their spool.
-    fn set_trained(&self, step: u64) {
+    /// Marks steps up to `trained` trained and drops the spool of those up to `covered` (the
+    /// last checkpoint's step).
+    fn set_trained(&self, trained: u64, covered: u64) {
         let mut guard = self.shared.job.lock().expect("not poisoned");
         if let Some(spool) = guard.as_mut() {
-            spool.trained = step;
-            let _ = std::fs::remove_dir_all(spool.step_dir(step));
+            spool.trained = trained;
+            spool.remove_up_to(covered);
         }
     }
 
@@ -502,30 +616,39 @@ impl TrainingJob {
         }
     }
 
-    /// Publishes the current policy as version `version` and tells the coordinator.
+    /// Where version `version` of this job is published.
+    fn version_location(&self, version: u64) -> String {
+        let base = checkpoint_location(&self.config);
+        format!("{}/weights/v{version}", base.trim_end_matches('/'))
+    }
+
+    /// Publishes the staged policy as version `version` and tells the coordinator; returns
+    /// whether the coordinator heard it.
     fn publish<A: ModelAutodiffBackend>(
         &self,
         trainer: &Trainer<A>,
+        staged: &StagedPolicy,
         version: u64,
         metrics: String,
         finished: bool,
-    ) -> anyhow::Result<()> {
-        let base = checkpoint_location(&trainer.learner.config);
-        let location = format!("{}/weights/v{version}", base.trim_end_matches('/'));
-        let staging = Path::new(&trainer.learner.config.trainer.run_dir).join(".weights-staging");
-        let _ = std::fs::remove_dir_all(&staging);
-        trainer.export_policy(&staging)?;
-        grlo_model::weights_store::publish_blocking(&staging, &location, version)?;
-        let _ = std::fs::remove_dir_all(&staging);
+    ) -> anyhow::Result<bool> {
+        let location = self.version_location(version);
+        grlo_model::weights_store::publish_blocking(&staged.policy_dir(), &location, version)?;
         // Versions no task may use any more (older than the staleness bound allows, with one
         // spare for actors still finishing) are deleted from the store.
         let keep = trainer.learner.config.job.staleness + 2;
         if version >= keep {
-            let old = format!("{}/weights/v{}", base.trim_end_matches('/'), version - keep);
+            let old = self.version_location(version - keep);
             if let Err(e) = grlo_model::weights_store::remove_blocking(&old) {
                 tracing::warn!(location = %old, error = %e, "could not delete an old weight version");
             }
         }
+        self.announce(version, metrics, finished)
+    }
+
+    /// Tells the coordinator that version `version` is published; returns whether it heard.
+    fn announce(&self, version: u64, metrics: String, finished: bool) -> anyhow::Result<bool> {
+        let location = self.version_location(version);
         self.shared.version.store(version, Ordering::SeqCst);
         self.shared.metrics.weight_version.set(version as i64);
         let request = v1::PublishWeightsRequest {
@@ -544,10 +667,10 @@ impl TrainingJob {
         let mut delay = Duration::from_millis(100);
         for attempt in 0.. {
             if attempt >= 8 && self.shared.stop.load(Ordering::SeqCst) {
-                // Stopping with the coordinator away: the checkpoint is on disk, and the next
-                // start publishes it again.
+                // Stopping with the coordinator away: the weights are in the store, and the
+                // next start announces them.
                 tracing::warn!(job = %self.job_id, version, "coordinator away while stopping: version not announced");
-                return Ok(());
+                return Ok(false);
             }
             let attempt = self.runtime.block_on(async {
                 let channel = self.client.wrap(endpoint.connect_lazy());
@@ -567,9 +690,31 @@ impl TrainingJob {
                 Err(status) => anyhow::bail!("the coordinator refused version {version}: {status}"),
             }
         }
+        let run_dir = Path::new(&self.config.trainer.run_dir);
+        write_announced(run_dir, version)?;
         tracing::info!(job = %self.job_id, version, "weights published");
-        Ok(())
+        Ok(true)
     }
+}
+
+/// The file in the run directory that holds the newest version the coordinator acknowledged.
+const ANNOUNCED: &str = "announced";
+
+fn read_announced(run_dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(run_dir.join(ANNOUNCED))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn write_announced(run_dir: &Path, version: u64) -> anyhow::Result<()> {
+    let path = run_dir.join(ANNOUNCED);
+    if read_announced(run_dir).is_some_and(|newest| newest >= version) {
+        return Ok(());
+    }
+    grlo_model::safetensors_io::write_atomically(&path, format!("{version}\n").as_bytes())?;
+    Ok(())
 }
 
 /// What a step trained on, appended to `steps.jsonl` in the run directory: the prompt ids and

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use grlo_model::pretrained::copy_auxiliary_files;
-use grlo_model::safetensors_io::{StoredDtype, read_safetensors_file, write_safetensors_file};
+use grlo_model::safetensors_io::{StoredDtype, write_safetensors_file};
 use grlo_model::{FinishReason, HeadKind, Model, Pretrained, SamplingParams, Tokenizer};
 use serde::Serialize;
 
@@ -151,9 +151,13 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             let _ = std::fs::remove_dir_all(&local);
             checkpoints.download(&name, &local)?;
             tracing::info!(checkpoint = %name, "resuming");
-            Some(local)
+            Some((local, name))
         } else {
             None
+        };
+        let (restored, resumed_from) = match restored {
+            Some((local, name)) => (Some(local), Some(name)),
+            None => (None, None),
         };
 
         // Models: from the checkpoint when resuming, else from the configured locations.
@@ -248,15 +252,15 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             let inner_device = device.clone();
             learner.policy_optim.load_state(
                 state.policy_optimizer_step,
-                read_safetensors_file(&dir.join("optimizer/policy.safetensors"))?,
+                &dir.join("optimizer/policy.safetensors"),
                 &inner_device,
-            );
+            )?;
             if learner.critic.is_some() {
                 learner.critic_optim.load_state(
                     state.critic_optimizer_step,
-                    read_safetensors_file(&dir.join("optimizer/critic.safetensors"))?,
+                    &dir.join("optimizer/critic.safetensors"),
                     &placement.critic,
-                );
+                )?;
             }
             if state.cursor.len() != records.len() {
                 return Err(LearnerError::Checkpoint {
@@ -313,7 +317,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             skipped_malformed,
             history: Vec::new(),
             rejected: 0,
-            last_checkpoint: None,
+            last_checkpoint: resumed_from,
         })
     }
 
@@ -469,29 +473,57 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         Ok(metrics)
     }
 
-    /// Writes the current policy, in the Hugging Face layout with its tokenizer, to `dir`.
+    fn save_dtype(&self) -> StoredDtype {
+        StoredDtype::parse(&self.learner.config.trainer.save_dtype).unwrap_or(StoredDtype::F32)
+    }
+
+    /// Writes the current policy, in the Hugging Face layout with its tokenizer, to `dir`
+    /// (streamed: one tensor at a time on the host).
     pub fn export_policy(&self, dir: &Path) -> Result<()> {
-        let dtype =
-            StoredDtype::parse(&self.learner.config.trainer.save_dtype).unwrap_or(StoredDtype::F32);
         self.learner
             .policy
             .valid()
-            .save(dir, dtype, 5_000_000_000)?;
+            .save(dir, self.save_dtype(), MAX_SHARD_BYTES)?;
         copy_auxiliary_files(&self.policy_dir, dir)?;
         Ok(())
     }
 
+    /// Exports the current policy once into the run directory's staging area: the files that
+    /// both the published weight version and the checkpoint's `policy/` are made of.
+    pub fn stage_policy(&self) -> Result<StagedPolicy> {
+        let dir = self.run_dir.join(".staging");
+        let _ = std::fs::remove_dir_all(&dir);
+        let staged = StagedPolicy {
+            dir,
+            step: self.learner.step,
+        };
+        self.export_policy(&staged.policy_dir())?;
+        Ok(staged)
+    }
+
     /// Writes a full-state checkpoint `step-N` and points `latest` at it.
     pub fn save(&mut self) -> Result<()> {
+        let staged = self.stage_policy()?;
+        self.checkpoint(&staged)
+    }
+
+    /// Writes a full-state checkpoint `step-N` around a policy staged at this step: the
+    /// critic, the AdamW moments of both and `state.json` join it in the staging area, which
+    /// is uploaded; `latest` is written last, and then the checkpoints beyond
+    /// `trainer.max_checkpoints_to_keep` are deleted, oldest first.
+    pub fn checkpoint(&mut self, staged: &StagedPolicy) -> Result<()> {
+        if staged.step != self.learner.step {
+            return Err(LearnerError::Invalid(format!(
+                "the staged policy is of step {}, the learner is at step {}",
+                staged.step, self.learner.step
+            )));
+        }
         let name = format!("step-{}", self.learner.step);
-        let local = self.run_dir.join(".checkpoint-staging");
-        let _ = std::fs::remove_dir_all(&local);
-        let dtype =
-            StoredDtype::parse(&self.learner.config.trainer.save_dtype).unwrap_or(StoredDtype::F32);
-        let shard = 5_000_000_000;
-        self.export_policy(&local.join("policy"))?;
+        let local = &staged.dir;
         if let Some(critic) = &self.learner.critic {
-            critic.valid().save(&local.join("critic"), dtype, shard)?;
+            critic
+                .valid()
+                .save(&local.join("critic"), self.save_dtype(), MAX_SHARD_BYTES)?;
         }
         let optimizer_dir = local.join("optimizer");
         std::fs::create_dir_all(&optimizer_dir)
@@ -516,16 +548,59 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             seed: self.learner.config.trainer.seed,
         };
         let path = local.join("state.json");
-        std::fs::write(
+        grlo_model::safetensors_io::write_atomically(
             &path,
-            serde_json::to_string_pretty(&state).expect("state serialises"),
-        )
-        .map_err(|e| LearnerError::write(&path, e))?;
-        self.checkpoints.save(&name, &local)?;
-        let _ = std::fs::remove_dir_all(&local);
+            serde_json::to_string_pretty(&state)
+                .expect("state serialises")
+                .as_bytes(),
+        )?;
+        self.checkpoints.save(&name, local)?;
         tracing::info!(checkpoint = %name, location = self.checkpoints.location(), "checkpoint saved");
         self.last_checkpoint = Some(name);
+        let keep = self.learner.config.trainer.max_checkpoints_to_keep;
+        match self.checkpoints.prune(keep) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(?removed, keep, "old checkpoints deleted");
+            }
+            Ok(_) => {}
+            // The new checkpoint is complete and named by `latest`: a failed delete costs
+            // space, not state, and the next checkpoint tries again.
+            Err(e) => tracing::warn!(error = %e, keep, "could not delete old checkpoints"),
+        }
         Ok(())
+    }
+
+    /// The newest checkpoint this run wrote or resumed from.
+    pub fn last_checkpoint(&self) -> Option<&str> {
+        self.last_checkpoint.as_deref()
+    }
+}
+
+/// Shards of saved models (transformers' default is 5 GB).
+const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// A policy exported at one step into `RUN_DIR/.staging/policy`; the staging area is removed
+/// when this is dropped.
+pub struct StagedPolicy {
+    dir: PathBuf,
+    step: usize,
+}
+
+impl StagedPolicy {
+    /// The policy's Hugging Face directory.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policy")
+    }
+
+    /// The step whose policy this is.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+}
+
+impl Drop for StagedPolicy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -22,6 +22,7 @@ pub mod safetensors_io;
 pub mod sampling;
 pub mod store;
 pub mod tokenizer;
+pub mod transfer;
 pub mod weights_store;
 
 pub use chat_template::{ChatMessage, ChatTemplate};

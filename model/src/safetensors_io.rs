@@ -3,16 +3,19 @@
 //!
 //! Reading maps each file into memory once, checks its header against its length (so a
 //! truncated file is an error naming it), and converts a requested tensor to f32 after
-//! checking its shape. Writing is atomic per file: a temporary file renamed into place.
+//! checking its shape. Writing streams one tensor at a time (a [`LazyTensor`] produces its values
+//! only when the writer reaches it) and is atomic per file: a temporary file, synced, renamed
+//! into place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use burn::tensor::TensorData;
 use memmap2::Mmap;
+use safetensors::Dtype;
 use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::{Dtype, View};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -63,22 +66,6 @@ impl StoredDtype {
             StoredDtype::F32 => 4,
             StoredDtype::Bf16 | StoredDtype::F16 => 2,
         }
-    }
-
-    fn encode(self, values: &[f32]) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(values.len() * self.size());
-        match self {
-            StoredDtype::F32 => values
-                .iter()
-                .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-            StoredDtype::Bf16 => values.iter().for_each(|v| {
-                bytes.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())
-            }),
-            StoredDtype::F16 => values.iter().for_each(|v| {
-                bytes.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())
-            }),
-        }
-        bytes
     }
 }
 
@@ -309,77 +296,109 @@ impl WeightFiles {
     }
 }
 
-/// A tensor to save: its name, shape and f32 values (row-major).
+/// A tensor read back whole: its name, shape and f32 values (row-major).
 pub struct NamedTensor {
     pub name: String,
     pub shape: Vec<usize>,
     pub values: Vec<f32>,
 }
 
-/// Encoded bytes of one tensor, as safetensors' `View` wants them.
-struct EncodedTensor {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// A tensor to save: its name and shape, and how to produce its values, which the writer calls
+/// only when it reaches the tensor, so that one tensor at a time is on the host. A model's
+/// tensors hold a clone of the device tensor (a reference count) and the slice or transpose
+/// to apply there.
+pub struct LazyTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    values: Box<dyn FnOnce() -> TensorData>,
 }
 
-impl View for &EncodedTensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
+impl LazyTensor {
+    /// A tensor whose values `values` produces (any float dtype; row-major in `shape`).
+    pub fn new(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        values: impl FnOnce() -> TensorData + 'static,
+    ) -> Self {
+        LazyTensor {
+            name: name.into(),
+            shape,
+            values: Box::new(values),
+        }
     }
-    fn shape(&self) -> &[usize] {
-        &self.shape
+
+    /// The number of values.
+    pub fn num_elements(&self) -> usize {
+        self.shape.iter().product()
     }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
+
+    /// Produces the values as f32 (on the host).
+    pub fn into_data(self) -> TensorData {
+        (self.values)().convert::<f32>()
     }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
+
+    /// Produces the values into a [`NamedTensor`].
+    pub fn into_named(self) -> NamedTensor {
+        let (name, shape) = (self.name.clone(), self.shape.clone());
+        let values = self
+            .into_data()
+            .into_vec::<f32>()
+            .expect("converted to f32");
+        NamedTensor {
+            name,
+            shape,
+            values,
+        }
+    }
+}
+
+impl From<NamedTensor> for LazyTensor {
+    fn from(t: NamedTensor) -> Self {
+        let len = t.values.len();
+        LazyTensor::new(t.name, t.shape, move || TensorData::new(t.values, [len]))
     }
 }
 
 /// Writes tensors as `model.safetensors`, or as shards of at most `max_shard_bytes` plus
 /// `model.safetensors.index.json` when they do not fit in one. Returns the file names written.
-pub fn write_safetensors(
+///
+/// Shards are packed greedily in the given order, as transformers' `save_pretrained` does;
+/// each file is streamed (see [`write_safetensors_file`]).
+pub fn write_safetensors<T: Into<LazyTensor>>(
     dir: &Path,
-    tensors: Vec<NamedTensor>,
+    tensors: impl IntoIterator<Item = T>,
     dtype: StoredDtype,
     max_shard_bytes: usize,
 ) -> Result<Vec<String>> {
-    let encoded = encode(tensors, dtype);
-    let total_size: usize = encoded.iter().map(|(_, t)| t.bytes.len()).sum();
+    let tensors: Vec<LazyTensor> = tensors.into_iter().map(Into::into).collect();
+    let size = |t: &LazyTensor| t.num_elements() * dtype.size();
+    let total_size: usize = tensors.iter().map(size).sum();
 
-    // Greedy packing in the given order, as transformers' `save_pretrained` does.
-    let mut shards: Vec<Vec<&(String, EncodedTensor)>> = vec![Vec::new()];
+    let mut shards: Vec<Vec<LazyTensor>> = vec![Vec::new()];
     let mut current = 0usize;
-    for entry in &encoded {
-        let size = entry.1.bytes.len();
-        if current > 0 && current + size > max_shard_bytes {
+    for tensor in tensors {
+        let bytes = size(&tensor);
+        if current > 0 && current + bytes > max_shard_bytes {
             shards.push(Vec::new());
             current = 0;
         }
-        shards.last_mut().expect("at least one shard").push(entry);
-        current += size;
+        shards.last_mut().expect("at least one shard").push(tensor);
+        current += bytes;
     }
 
     let count = shards.len();
     let mut written = Vec::new();
     let mut weight_map = BTreeMap::new();
-    for (i, shard) in shards.iter().enumerate() {
+    for (i, shard) in shards.into_iter().enumerate() {
         let file_name = if count == 1 {
             SINGLE_FILE.to_string()
         } else {
             format!("model-{:05}-of-{:05}.safetensors", i + 1, count)
         };
-        let path = dir.join(&file_name);
-        let bytes = serialize(
-            shard.iter().map(|entry| (entry.0.as_str(), &entry.1)),
-            &path,
-        )?;
-        write_atomically(&path, &bytes)?;
-        for (name, _) in shard {
-            weight_map.insert(name.clone(), file_name.clone());
+        for tensor in &shard {
+            weight_map.insert(tensor.name.clone(), file_name.clone());
         }
+        write_safetensors_file(&dir.join(&file_name), shard, dtype)?;
         written.push(file_name);
     }
     let index_path = dir.join(INDEX_FILE);
@@ -411,46 +430,120 @@ pub fn read_safetensors_file(path: &Path) -> Result<Vec<NamedTensor>> {
     Ok(out)
 }
 
-/// Writes tensors as one safetensors file at `path` (atomically).
-pub fn write_safetensors_file(
+/// Writes tensors as one safetensors file at `path`, atomically and one tensor at a time: the
+/// header is computed from the names, shapes and dtype alone, then each tensor's values are
+/// produced, encoded a block at a time and written before the next tensor is produced.
+///
+/// The bytes are those of `safetensors::serialize` (transformers' `format: pt` metadata,
+/// tensors in the crate's order: by name, as they share one dtype; the header padded with
+/// spaces to a multiple of 8 bytes).
+pub fn write_safetensors_file<T: Into<LazyTensor>>(
     path: &Path,
-    tensors: Vec<NamedTensor>,
+    tensors: impl IntoIterator<Item = T>,
     dtype: StoredDtype,
 ) -> Result<()> {
-    let encoded = encode(tensors, dtype);
-    let entries = encoded.iter().map(|(name, t)| (name.as_str(), t));
-    write_atomically(path, &serialize(entries, path)?)
+    let mut tensors: Vec<LazyTensor> = tensors.into_iter().map(Into::into).collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = tensors.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(Error::InvalidInput(format!(
+            "tensor {} is given twice for {}",
+            pair[0].name,
+            path.display()
+        )));
+    }
+    let header = header_bytes(&tensors, dtype, path)?;
+    write_atomically_with(path, |out| {
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        let mut block = Vec::new();
+        for tensor in tensors {
+            let (name, expected) = (tensor.name.clone(), tensor.num_elements());
+            let data = tensor.into_data();
+            let bytes = data.as_bytes();
+            if bytes.len() != expected * 4 {
+                return Err(std::io::Error::other(format!(
+                    "tensor {name} produced {} values, its shape holds {expected}",
+                    bytes.len() / 4
+                )));
+            }
+            write_encoded(out, bytes, dtype, &mut block)?;
+        }
+        Ok(())
+    })
 }
 
-/// Each tensor's values encoded in the storage dtype.
-fn encode(tensors: Vec<NamedTensor>, dtype: StoredDtype) -> Vec<(String, EncodedTensor)> {
-    tensors
-        .into_iter()
+/// The JSON header of a safetensors file holding `tensors` (sorted by name), as
+/// `safetensors::serialize` writes it.
+fn header_bytes(tensors: &[LazyTensor], dtype: StoredDtype, path: &Path) -> Result<Vec<u8>> {
+    let mut offset = 0;
+    let infos = tensors
+        .iter()
         .map(|t| {
-            let bytes = dtype.encode(&t.values);
-            let tensor = EncodedTensor {
+            let len = t.num_elements() * dtype.size();
+            let info = TensorInfo {
                 dtype: dtype.safetensors_dtype(),
-                shape: t.shape,
-                bytes,
+                shape: t.shape.clone(),
+                data_offsets: (offset, offset + len),
             };
-            (t.name, tensor)
+            offset += len;
+            (t.name.clone(), info)
         })
-        .collect()
+        .collect();
+    let format = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let invalid = |message: String| Error::write(path, std::io::Error::other(message));
+    let metadata = Metadata::new(Some(format), infos).map_err(|e| invalid(format!("{e:?}")))?;
+    let mut header = serde_json::to_string(&metadata)
+        .map_err(|e| invalid(e.to_string()))?
+        .into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    Ok(header)
 }
 
-/// The bytes of a safetensors file holding `entries`, with transformers' `format: pt` metadata.
-fn serialize<'a>(
-    entries: impl IntoIterator<Item = (&'a str, &'a EncodedTensor)>,
-    path: &Path,
-) -> Result<Vec<u8>> {
-    let metadata: HashMap<String, String> = HashMap::from([("format".into(), "pt".into())]);
-    safetensors::serialize(entries, Some(metadata))
-        .map_err(|e| Error::write(path, std::io::Error::other(format!("{e:?}"))))
+/// Values converted and written at a time (4 MiB of f32).
+const BLOCK_VALUES: usize = 1 << 20;
+
+/// Writes little-endian f32 `bytes` in the storage dtype, a block at a time through `block`.
+fn write_encoded(
+    out: &mut impl Write,
+    bytes: &[u8],
+    dtype: StoredDtype,
+    block: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if dtype == StoredDtype::F32 && cfg!(target_endian = "little") {
+        return out.write_all(bytes);
+    }
+    for values in bytes.chunks(BLOCK_VALUES * 4) {
+        block.clear();
+        let floats = values
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        match dtype {
+            StoredDtype::F32 => floats.for_each(|v| block.extend_from_slice(&v.to_le_bytes())),
+            StoredDtype::Bf16 => floats.for_each(|v| {
+                block.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes())
+            }),
+            StoredDtype::F16 => floats.for_each(|v| {
+                block.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
+            }),
+        }
+        out.write_all(block)?;
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// crash or a full disk never leaves a half-written file under the final name.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// Like [`write_atomically`], with the contents streamed by `write`: a temporary file in the
+/// same directory, written, flushed and synced, then renamed over `path` (and the directory
+/// synced). On any error the temporary file is removed and `path` is left as it was.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -458,10 +551,22 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        // The rename itself survives a crash once the directory is synced (best effort: not
+        // every file system lets a directory be opened for that).
+        if let Ok(dir) = File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -482,6 +587,100 @@ mod tests {
                 values: (0..6).map(|v| (v as f32 + i as f32) * 0.37).collect(),
             })
             .collect()
+    }
+
+    /// The bytes `safetensors::serialize` makes of the same tensors (encoded by `half`).
+    fn reference_bytes(tensors: &[NamedTensor], dtype: StoredDtype) -> Vec<u8> {
+        struct Encoded(Dtype, Vec<usize>, Vec<u8>);
+        impl safetensors::View for &Encoded {
+            fn dtype(&self) -> Dtype {
+                self.0
+            }
+            fn shape(&self) -> &[usize] {
+                &self.1
+            }
+            fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+                std::borrow::Cow::Borrowed(&self.2)
+            }
+            fn data_len(&self) -> usize {
+                self.2.len()
+            }
+        }
+        let encoded: Vec<(String, Encoded)> = tensors
+            .iter()
+            .map(|t| {
+                let bytes = t
+                    .values
+                    .iter()
+                    .flat_map(|v| match dtype {
+                        StoredDtype::F32 => v.to_le_bytes().to_vec(),
+                        StoredDtype::Bf16 => half::bf16::from_f32(*v).to_le_bytes().to_vec(),
+                        StoredDtype::F16 => half::f16::from_f32(*v).to_le_bytes().to_vec(),
+                    })
+                    .collect();
+                let tensor = Encoded(dtype.safetensors_dtype(), t.shape.clone(), bytes);
+                (t.name.clone(), tensor)
+            })
+            .collect();
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize(encoded.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+            .unwrap()
+    }
+
+    #[test]
+    fn streamed_files_are_byte_identical_to_safetensors_serialize() {
+        let dir = tempfile::tempdir().unwrap();
+        // Names out of order, and a tensor spanning several encoding blocks.
+        let mut tensors = sample();
+        tensors.reverse();
+        tensors.push(NamedTensor {
+            name: "big".into(),
+            shape: vec![3, BLOCK_VALUES],
+            values: (0..3 * BLOCK_VALUES).map(|i| (i as f32).sin()).collect(),
+        });
+        for dtype in [StoredDtype::F32, StoredDtype::Bf16, StoredDtype::F16] {
+            let path = dir.path().join("x.safetensors");
+            let copy: Vec<NamedTensor> = tensors
+                .iter()
+                .map(|t| NamedTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    values: t.values.clone(),
+                })
+                .collect();
+            write_safetensors_file(&path, copy, dtype).unwrap();
+            let ours = std::fs::read(&path).unwrap();
+            assert!(ours == reference_bytes(&tensors, dtype), "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        write_safetensors_file(&path, sample(), StoredDtype::F32).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        // A tensor whose values do not fill its shape.
+        let wrong = LazyTensor::new("t0", vec![4, 4], || TensorData::new(vec![1f32; 3], [3]));
+        let err = write_safetensors_file(&path, vec![wrong], StoredDtype::Bf16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.safetensors") && err.contains("tensor t0 produced 3 values"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["m.safetensors"]);
+
+        let twice = vec![sample().remove(0), sample().remove(0)];
+        let err = write_safetensors_file(&path, twice, StoredDtype::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tensor t0 is given twice"), "{err}");
     }
 
     #[test]

@@ -2,16 +2,19 @@
 //! (`file:///...`, `s3://bucket/prefix` where the build has S3 support).
 //!
 //! A remote model is downloaded into a local cache directory before loading, file by file,
-//! each written atomically; saving to a remote location uploads a local directory.
+//! each streamed to a hidden name and renamed into place; saving to a remote location uploads
+//! a local directory a part at a time (see [`crate::transfer`]).
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use futures::TryStreamExt;
+use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::{Error, Result};
-use crate::safetensors_io::write_atomically;
+use crate::transfer::Transfer;
 
 /// Where a model (or any directory of files) lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +98,7 @@ pub fn open_with_options(
 /// directories), replacing files of the same name.
 pub async fn download_prefix(url: &url::Url, dest: &Path) -> Result<Vec<String>> {
     let (store, prefix) = open(url)?;
+    let store: Arc<dyn ObjectStore> = Arc::from(store);
     let objects: Vec<_> = store
         .list(Some(&prefix))
         .try_collect()
@@ -104,20 +108,23 @@ pub async fn download_prefix(url: &url::Url, dest: &Path) -> Result<Vec<String>>
         return Err(store_error(url, "no objects under this prefix"));
     }
     std::fs::create_dir_all(dest).map_err(|e| Error::write(dest, e))?;
+    let transfer = Transfer::new(store, url.as_str());
     let mut names = Vec::new();
     for object in objects {
         let Some(name) = object.location.filename() else {
             continue;
         };
         let name = name.to_string();
-        let bytes = store
-            .get(&object.location)
+        let target = dest.join(&name);
+        let staged = dest.join(format!(".{name}.{}.partial", std::process::id()));
+        let copied = transfer
+            .download(&object.location, &name, &staged, false)
             .await
-            .map_err(|e| store_error(url, e))?
-            .bytes()
-            .await
-            .map_err(|e| store_error(url, e))?;
-        write_atomically(&dest.join(&name), &bytes)?;
+            .and_then(|_| std::fs::rename(&staged, &target).map_err(|e| Error::write(&target, e)));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
         names.push(name);
     }
     Ok(names)
@@ -126,6 +133,7 @@ pub async fn download_prefix(url: &url::Url, dest: &Path) -> Result<Vec<String>>
 /// Uploads the files of a local directory (not its sub-directories) under the URL's prefix.
 pub async fn upload_dir(dir: &Path, url: &url::Url) -> Result<Vec<String>> {
     let (store, prefix) = open(url)?;
+    let transfer = Transfer::new(Arc::from(store), url.as_str());
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::read(dir, e))? {
         let entry = entry.map_err(|e| Error::read(dir, e))?;
@@ -137,11 +145,14 @@ pub async fn upload_dir(dir: &Path, url: &url::Url) -> Result<Vec<String>> {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(entry.path()).map_err(|e| Error::read(entry.path(), e))?;
-        store
-            .put(&prefix.clone().join(name.as_str()), PutPayload::from(bytes))
-            .await
-            .map_err(|e| store_error(url, e))?;
+        transfer
+            .upload(
+                &entry.path(),
+                &prefix.clone().join(name.as_str()),
+                &name,
+                false,
+            )
+            .await?;
         names.push(name);
     }
     Ok(names)

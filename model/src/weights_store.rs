@@ -17,39 +17,27 @@
 //! Files are streamed in chunks of [`CHUNK`] bytes: nothing holds a whole shard in memory.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
-use object_store::{
-    GetResult, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::safetensors_io::write_atomically;
 use crate::store::{Location, block_on, open_with_options};
+pub use crate::transfer::CHUNK;
+use crate::transfer::{STOPPED, Transfer, blocking, hex, read_full};
 
 /// The name of the manifest object, beside the files it lists.
 pub const MANIFEST: &str = "manifest.json";
 
-/// Bytes read, hashed and written at a time; also the multipart upload part size (S3 allows
-/// 10,000 parts, so files up to 80 GiB).
-pub const CHUNK: usize = 8 << 20;
-
 /// Files uploaded or downloaded at the same time.
 const FILE_CONCURRENCY: usize = 4;
-
-/// Parts of one multipart upload in flight at the same time.
-const PARTS_IN_FLIGHT: usize = 4;
-
-/// The message of the errors of files stopped because another file of the same call failed.
-const STOPPED: &str = "stopped because another file failed";
 
 /// The manifest of one published weight version: every file with its size and SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +144,11 @@ impl WeightsStore {
         }
     }
 
+    /// A transfer of this store's files, with its own stop flag.
+    fn transfer(&self) -> Transfer {
+        Transfer::new(self.store.clone(), self.location.clone())
+    }
+
     fn verification(&self, file: &str, message: impl Into<String>) -> Error {
         Error::Verification {
             location: self.location.clone(),
@@ -195,14 +188,20 @@ impl WeightsStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.store_error(format!("deleting the old {MANIFEST}: {e}"))),
         }
-        let stop = &Arc::new(AtomicBool::new(false));
+        let transfer = &self.transfer();
         let results: Vec<Result<ManifestFile>> = futures::stream::iter(names)
             .map(|name| async move {
-                let result = self.upload_file(local_dir, &name, stop).await;
-                if result.is_err() {
-                    stop.store(true, Ordering::Relaxed);
+                let copied = transfer
+                    .upload(&local_dir.join(&name), &self.object(&name), &name, true)
+                    .await;
+                if copied.is_err() {
+                    transfer.stop();
                 }
-                result
+                copied.map(|copied| ManifestFile {
+                    name,
+                    size: copied.bytes,
+                    sha256: copied.sha256.expect("hashed"),
+                })
             })
             .buffered(FILE_CONCURRENCY)
             .collect()
@@ -222,84 +221,6 @@ impl WeightsStore {
             "published weights"
         );
         Ok(manifest)
-    }
-
-    async fn upload_file(&self, dir: &Path, name: &str, stop: &AtomicBool) -> Result<ManifestFile> {
-        let path = dir.join(name);
-        let object = self.object(name);
-        let opened = path.clone();
-        let (file, size) = blocking(move || {
-            let file = File::open(&opened).map_err(|e| Error::read(&opened, e))?;
-            let size = file.metadata().map_err(|e| Error::read(&opened, e))?.len();
-            Ok((file, size))
-        })
-        .await?;
-        let (hasher, total) = if size <= CHUNK as u64 {
-            let (_, hasher, bytes) = read_chunk(file, Sha256::new(), path).await?;
-            let total = bytes.len() as u64;
-            self.store
-                .put(&object, PutPayload::from(bytes))
-                .await
-                .map_err(|e| self.store_error(format!("uploading {name}: {e}")))?;
-            (hasher, total)
-        } else {
-            let upload = self
-                .store
-                .put_multipart(&object)
-                .await
-                .map_err(|e| self.store_error(format!("uploading {name}: {e}")))?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
-            match self.upload_parts(&mut writer, file, path, name, stop).await {
-                Ok(streamed) => {
-                    writer
-                        .finish()
-                        .await
-                        .map_err(|e| self.store_error(format!("uploading {name}: {e}")))?;
-                    streamed
-                }
-                Err(e) => {
-                    if let Err(abort) = writer.abort().await {
-                        tracing::warn!(location = %self.location, file = name, %abort,
-                            "failed to abort a multipart upload");
-                    }
-                    return Err(e);
-                }
-            }
-        };
-        Ok(ManifestFile {
-            name: name.into(),
-            size: total,
-            sha256: hex(&hasher.finalize()),
-        })
-    }
-
-    /// Feeds a file to a multipart upload a part at a time; returns its hash and size.
-    async fn upload_parts(
-        &self,
-        writer: &mut WriteMultipart,
-        mut file: File,
-        path: PathBuf,
-        name: &str,
-        stop: &AtomicBool,
-    ) -> Result<(Sha256, u64)> {
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return Err(self.store_error(format!("uploading {name}: {STOPPED}")));
-            }
-            let bytes;
-            (file, hasher, bytes) = read_chunk(file, hasher, path.clone()).await?;
-            if bytes.is_empty() {
-                return Ok((hasher, total));
-            }
-            total += bytes.len() as u64;
-            writer
-                .wait_for_capacity(PARTS_IN_FLIGHT)
-                .await
-                .map_err(|e| self.store_error(format!("uploading {name}: {e}")))?;
-            writer.put(bytes);
-        }
     }
 
     /// Reads the manifest of the published version.
@@ -325,12 +246,12 @@ impl WeightsStore {
     pub async fn fetch(&self, dest: &Path) -> Result<Fetched> {
         let manifest = self.manifest().await?;
         std::fs::create_dir_all(dest).map_err(|e| Error::write(dest, e))?;
-        let stop = &Arc::new(AtomicBool::new(false));
+        let transfer = &self.transfer();
         let results: Vec<Result<Fetch>> = futures::stream::iter(manifest.files.clone())
             .map(|file| async move {
-                let result = self.fetch_file(&file, dest, stop).await;
+                let result = self.fetch_file(&file, dest, transfer).await;
                 if result.is_err() {
-                    stop.store(true, Ordering::Relaxed);
+                    transfer.stop();
                 }
                 result
             })
@@ -375,7 +296,7 @@ impl WeightsStore {
         &self,
         file: &ManifestFile,
         dest: &Path,
-        stop: &Arc<AtomicBool>,
+        transfer: &Transfer,
     ) -> Result<Fetch> {
         let target = dest.join(&file.name);
         if let Ok(meta) = std::fs::metadata(&target)
@@ -410,11 +331,9 @@ impl WeightsStore {
             ));
         }
         let staged = staged_path(dest, &file.name);
-        let copied = self
-            .copy_object(got, &file.name, &staged, Some(Sha256::new()), stop)
-            .await;
-        let checked = copied.and_then(|(bytes, sha256)| {
-            let sha256 = sha256.expect("hashed");
+        let copied = transfer.write_object(got, &file.name, &staged, true).await;
+        let checked = copied.and_then(|copied| {
+            let (bytes, sha256) = (copied.bytes, copied.sha256.expect("hashed"));
             if bytes != file.size {
                 Err(self.verification(
                     &file.name,
@@ -448,119 +367,22 @@ impl WeightsStore {
     pub async fn raw_copy(&self, dest: &Path) -> Result<u64> {
         let manifest = self.manifest().await?;
         std::fs::create_dir_all(dest).map_err(|e| Error::write(dest, e))?;
-        let stop = &Arc::new(AtomicBool::new(false));
+        let transfer = &self.transfer();
         let results: Vec<Result<u64>> = futures::stream::iter(manifest.files.clone())
             .map(|file| async move {
-                let got = self
-                    .store
-                    .get(&self.object(&file.name))
-                    .await
-                    .map_err(|e| self.store_error(format!("downloading {}: {e}", file.name)))?;
                 let target = dest.join(&file.name);
-                let (bytes, _) = self
-                    .copy_object(got, &file.name, &target, None, stop)
-                    .await?;
-                Ok(bytes)
+                let copied = transfer
+                    .download(&self.object(&file.name), &file.name, &target, false)
+                    .await;
+                if copied.is_err() {
+                    transfer.stop();
+                }
+                Ok(copied?.bytes)
             })
             .buffered(FILE_CONCURRENCY)
             .collect()
             .await;
         Ok(first_error(results)?.into_iter().sum())
-    }
-
-    /// Streams one object into a new file at `path`, hashing the bytes if given a hasher.
-    /// Returns the bytes written and their hex SHA-256.
-    async fn copy_object(
-        &self,
-        got: GetResult,
-        name: &str,
-        path: &Path,
-        mut hasher: Option<Sha256>,
-        stop: &Arc<AtomicBool>,
-    ) -> Result<(u64, Option<String>)> {
-        let out_path = path.to_path_buf();
-        let created = out_path.clone();
-        let mut out =
-            blocking(move || File::create(&created).map_err(|e| Error::write(&created, e))).await?;
-        let mut total = 0u64;
-        match got.payload {
-            // A local file: read it on a blocking thread, a chunk at a time.
-            GetResultPayload::File(mut file, source) => {
-                let range = got.range;
-                let stop = stop.clone();
-                let location = self.location.clone();
-                let name = name.to_string();
-                (total, hasher) = blocking(move || {
-                    let store_error = |message: String| Error::Store {
-                        location: location.clone(),
-                        message,
-                    };
-                    let read = |e: std::io::Error| {
-                        store_error(format!("reading {name} ({}): {e}", source.display()))
-                    };
-                    file.seek(SeekFrom::Start(range.start)).map_err(read)?;
-                    let mut reader = file.take(range.end - range.start);
-                    let mut buffer = vec![0u8; CHUNK];
-                    let mut total = 0u64;
-                    loop {
-                        if stop.load(Ordering::Relaxed) {
-                            return Err(store_error(format!("downloading {name}: {STOPPED}")));
-                        }
-                        let n = read_full(&mut reader, &mut buffer).map_err(read)?;
-                        if n == 0 {
-                            break;
-                        }
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(&buffer[..n]);
-                        }
-                        out.write_all(&buffer[..n])
-                            .map_err(|e| Error::write(&out_path, e))?;
-                        total += n as u64;
-                    }
-                    Ok((total, hasher))
-                })
-                .await?;
-            }
-            // A remote object: batch the received chunks and write them on a blocking thread.
-            GetResultPayload::Stream(mut stream) => {
-                let mut batch: Vec<Bytes> = Vec::new();
-                let mut batched = 0usize;
-                loop {
-                    let chunk = stream
-                        .try_next()
-                        .await
-                        .map_err(|e| self.store_error(format!("downloading {name}: {e}")))?;
-                    if let Some(chunk) = &chunk {
-                        batched += chunk.len();
-                        batch.push(chunk.clone());
-                    }
-                    if batched >= CHUNK || (chunk.is_none() && batched > 0) {
-                        if stop.load(Ordering::Relaxed) {
-                            return Err(self.store_error(format!("downloading {name}: {STOPPED}")));
-                        }
-                        let chunks = std::mem::take(&mut batch);
-                        total += batched as u64;
-                        batched = 0;
-                        let written = out_path.clone();
-                        (out, hasher) = blocking(move || {
-                            for chunk in &chunks {
-                                if let Some(h) = hasher.as_mut() {
-                                    h.update(chunk);
-                                }
-                                out.write_all(chunk)
-                                    .map_err(|e| Error::write(&written, e))?;
-                            }
-                            Ok((out, hasher))
-                        })
-                        .await?;
-                    }
-                    if chunk.is_none() {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok((total, hasher.map(|h| hex(&h.finalize()))))
     }
 }
 
@@ -698,37 +520,6 @@ fn first_error<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
     }
 }
 
-/// Reads the next chunk of a file (up to [`CHUNK`] bytes; empty at the end) on a blocking
-/// thread, adding it to the hash.
-async fn read_chunk(
-    mut file: File,
-    mut hasher: Sha256,
-    path: PathBuf,
-) -> Result<(File, Sha256, Bytes)> {
-    blocking(move || {
-        let mut buffer = vec![0u8; CHUNK];
-        let n = read_full(&mut file, &mut buffer).map_err(|e| Error::read(&path, e))?;
-        buffer.truncate(n);
-        hasher.update(&buffer);
-        Ok((file, hasher, Bytes::from(buffer)))
-    })
-    .await
-}
-
-/// Fills `buffer` unless the reader ends first; returns the bytes read.
-fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// The hex SHA-256 of a file, read a chunk at a time.
 fn hash_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(|e| Error::read(path, e))?;
@@ -742,17 +533,6 @@ fn hash_file(path: &Path) -> Result<String> {
         hasher.update(&buffer[..n]);
     }
     Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Runs file I/O and hashing off the async executor.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("a blocking file task does not panic")
 }
 
 /// Uploads the files of a local model directory under `location`, the files first and

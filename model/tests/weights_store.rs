@@ -5,12 +5,15 @@
 //! The throughput benchmark is an ignored test:
 //! `cargo test --release -p grlo-model --test weights_store -- --ignored --nocapture`.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+#[path = "support/moto.rs"]
+mod moto;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
+
+use moto::{Moto, http};
 
 use grlo_model::Error;
 use grlo_model::store::block_on;
@@ -251,90 +254,6 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// moto's S3 server on a free loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    _log_dir: tempfile::TempDir,
-}
-
-impl Moto {
-    fn start() -> Self {
-        const INSTALL: &str = "moto's S3 server is needed for this test: \
-                               python3 -m pip install \"moto[server]\"";
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log_dir = tempfile::tempdir().unwrap();
-        let log_path = log_dir.path().join("moto.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!("moto's server exited ({status}): {INSTALL}\n{log}");
-            }
-            if http(port, "GET", "/", &[]).is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!("moto's server did not answer on port {port} in 60 s: {INSTALL}\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            child,
-            port,
-            _log_dir: log_dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One plain unsigned HTTP/1.1 request; returns the raw response.
-fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 #[test]

@@ -199,7 +199,8 @@ impl State {
     // ----- weights -----
 
     /// The learner has version `version` (after step `step`): record it, create the tasks it
-    /// unlocks, and end the job after its last step.
+    /// unlocks, and end the job after its last step. A version older than the job's newest is
+    /// acknowledged and changes nothing (the same version again is recorded again).
     pub fn publish_weights(
         &mut self,
         request: &v1::PublishWeightsRequest,
@@ -218,6 +219,15 @@ impl State {
                     request.worker_id
                 ),
             );
+        }
+        if let Some(current) = job.weight_version
+            && weights.version < current
+        {
+            // A restarted learner re-training the steps after its checkpoint, or a late
+            // repeat: the job has moved on, and nothing of it may go back.
+            tracing::info!(job = %job_id, version = weights.version, current,
+                "ignoring an older weight version");
+            return Ok(());
         }
         {
             let job = self.jobs.get_mut(&job_id).expect("known");
