@@ -9,6 +9,7 @@ pub mod error;
 pub mod learner;
 pub mod loss;
 pub mod optim;
+pub mod placement;
 pub mod reward;
 pub mod reward_training;
 pub mod rollout;

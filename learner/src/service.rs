@@ -33,7 +33,7 @@ use crate::TrainConfig;
 use crate::checkpoint::CheckpointStore;
 use crate::error::LearnerError;
 use crate::telemetry::LearnerMetrics;
-use crate::trainer::{StagedPolicy, Trainer, checkpoint_location};
+use crate::trainer::{Placement, StagedPolicy, Trainer, checkpoint_location};
 use crate::trajectory::Trajectory;
 use crate::wire::from_wire;
 
@@ -217,7 +217,7 @@ pub async fn run(
 
 /// Registers, heartbeats, and runs the training thread of the job it is assigned.
 async fn coordinate(
-    config: LearnerServiceConfig,
+    mut config: LearnerServiceConfig,
     address: String,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -287,9 +287,20 @@ async fn coordinate(
                     && !response.stop
                     && !finished_jobs.contains(&assignment.job_id)
                 {
-                    let thread =
+                    let (thread, job_config) =
                         start_training(&config, &assignment, worker_id.clone(), shared.clone())?;
                     training = Some((assignment.job_id.clone(), thread));
+                    // Charge every GPU the job's models occupy (policy, critic, reference).
+                    let needed =
+                        crate::placement::accelerators_for(&config.accelerators, &job_config);
+                    if needed != config.accelerators {
+                        config.accelerators = needed;
+                        if let Err(status) =
+                            register(&mut client, &config, &address, &worker_id).await
+                        {
+                            tracing::warn!(%status, "could not register the job's accelerators");
+                        }
+                    }
                 }
             }
             Err(status) => tracing::warn!(%status, "heartbeat failed, retrying"),
@@ -336,7 +347,7 @@ fn start_training(
     assignment: &v1::Assignment,
     worker_id: String,
     shared: Arc<Shared>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+) -> anyhow::Result<(std::thread::JoinHandle<()>, TrainConfig)> {
     let mut train: TrainConfig = toml::from_str(&assignment.spec_toml)
         .map_err(|e| anyhow::anyhow!("job {} spec: {e}", assignment.job_id))?;
     let run_dir = config
@@ -358,7 +369,7 @@ fn start_training(
     shared.job_ended.store(false, Ordering::SeqCst);
     let job = TrainingJob {
         job_id: assignment.job_id.clone(),
-        config: train,
+        config: train.clone(),
         worker_id,
         coordinator: config.coordinator.clone(),
         client: config.client.clone(),
@@ -366,14 +377,15 @@ fn start_training(
         runtime: tokio::runtime::Handle::current(),
     };
     tracing::info!(job = %job.job_id, "training thread starting");
-    Ok(std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("learner-{}", job.job_id))
         .spawn(move || {
             let job_id = job.job_id.clone();
             if let Err(e) = job.run() {
                 tracing::error!(job = %job_id, error = %format!("{e:#}"), "training stopped with an error");
             }
-        })?)
+        })?;
+    Ok((thread, train))
 }
 
 /// One job's training loop, on its own thread (tensor work never runs on the executor).
@@ -389,28 +401,28 @@ struct TrainingJob {
 
 impl TrainingJob {
     fn run(self) -> anyhow::Result<()> {
-        match self.config.trainer.device.as_str() {
-            "cpu" => self.train::<Autodiff<grlo_model::backend::Cpu>>(Default::default()),
-            #[cfg(feature = "cuda")]
-            device if device.starts_with("cuda") => {
-                let index = device
-                    .strip_prefix("cuda:")
-                    .and_then(|i| i.parse().ok())
-                    .unwrap_or(0);
-                self.train::<Autodiff<grlo_model::backend::Cuda>>(
-                    burn::backend::cuda::CudaDevice::new(index),
-                )
-            }
-            other => anyhow::bail!("device {other} is not available in this build"),
+        if !self.config.trains_on_cuda() {
+            let placement = Placement::single(&Default::default());
+            return self.train::<Autodiff<grlo_model::backend::Cpu>>(placement);
         }
+        #[cfg(feature = "cuda")]
+        {
+            let placement = crate::placement::cuda(&self.config)?;
+            self.train::<Autodiff<grlo_model::backend::Cuda>>(placement)
+        }
+        #[cfg(not(feature = "cuda"))]
+        anyhow::bail!(
+            "device {} needs a grlo built with `--features cuda`",
+            self.config.policy_device()
+        )
     }
 
-    fn train<A: ModelAutodiffBackend>(self, device: A::Device) -> anyhow::Result<()> {
+    fn train<A: ModelAutodiffBackend>(self, placement: Placement<A>) -> anyhow::Result<()> {
         let config = self.config.clone();
         let run_dir = PathBuf::from(&config.trainer.run_dir);
         let location = checkpoint_location(&config);
         let resume = CheckpointStore::open(&location)?.latest()?.is_some();
-        let mut trainer = Trainer::<A>::new(config.clone(), &device, resume)?;
+        let mut trainer = Trainer::<A>::placed(config.clone(), &placement, resume)?;
         trainer.learner.interrupt = self.shared.stop.clone();
         let total = trainer.total_steps() as u64;
         let staleness = config.job.staleness;

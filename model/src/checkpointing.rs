@@ -49,7 +49,10 @@ impl<A: ModelAutodiffBackend> Model<A> {
             };
         }
         let inner = self.valid();
-        let pass = inner.pass(batch, 0);
+        // The same (block-wise) attention as the recomputation in the backward pass, so the
+        // saved inputs are exactly what the graph would have seen.
+        let mut pass = inner.pass(batch, 0);
+        pass.fused = false;
         let mut x = inner.embed_tokens(batch); // [tokens, hidden]
         let mut inputs = Vec::with_capacity(inner.layers.len());
         for layer in &inner.layers {
