@@ -55,6 +55,11 @@ enum BenchCommand {
     Model(cli::bench::BenchModelArgs),
     /// Rollout throughput of the distributed service beside one process, and weight-sync time.
     Service(cli::bench_service::BenchServiceArgs),
+    /// One PPO + GAE learner step at a model shape and sequence length: time, tokens/s, MFU and
+    /// peak memory.
+    TrainStep(cli::bench_step::BenchTrainStepArgs),
+    /// The block-wise attention and its gradients on a device against the CPU backend.
+    AttentionParity(cli::bench_parity::AttentionParityArgs),
     /// One long-context workload in a process of its own (run by `bench model --long-context`).
     #[command(hide = true)]
     ModelWorker(cli::bench_long::WorkerArgs),
@@ -94,6 +99,12 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Model(args)) => cli::bench::run(args).and_then(print_line),
         Command::Bench(BenchCommand::ModelWorker(args)) => {
             cli::bench_long::worker(args).and_then(print_line)
+        }
+        Command::Bench(BenchCommand::AttentionParity(args)) => {
+            cli::bench_parity::run(args).and_then(print_line)
+        }
+        Command::Bench(BenchCommand::TrainStep(args)) => {
+            cli::bench_step::run(args).and_then(print_line)
         }
         Command::Bench(BenchCommand::Service(args)) => {
             cli::bench_service::run(args).and_then(print_line)

@@ -299,7 +299,7 @@ fn load_policy(config: &ActorConfig, task: &v1::RolloutTask) -> anyhow::Result<L
             let tokenizer = pretrained.tokenizer()?.clone();
             (
                 Box::new(OnBackend {
-                    model: pretrained.model,
+                    model: pretrained.model.for_inference(), // bf16
                 }),
                 tokenizer,
             )

@@ -48,6 +48,13 @@ pub trait ModelBackend: Backend {
         1 << 24
     }
 
+    /// Whether inference models (actors' policies, reward models) are held in bf16 on this
+    /// backend: on GPUs, half the memory and bandwidth; on the CPU backend bf16 products go
+    /// through f32 conversions and would only be slower.
+    fn holds_inference_models_in_bf16() -> bool {
+        false
+    }
+
     /// Grouped-query attention computed block by block (see [`crate::attention`]):
     /// `q: [batch, kv_heads, queries * groups, head_dim]` (query-major, the heads of a group
     /// adjacent), `k, v: [batch, kv_heads, keys, head_dim]` → the output in `q`'s layout.
@@ -91,6 +98,10 @@ impl ModelBackend for burn::backend::NdArray {}
 
 #[cfg(feature = "cuda")]
 impl ModelBackend for Cuda {
+    fn holds_inference_models_in_bf16() -> bool {
+        true
+    }
+
     fn attention_block_elements() -> usize {
         1 << 26
     }
@@ -112,6 +123,10 @@ impl ModelBackend for CudaBf16 {
 }
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn holds_inference_models_in_bf16() -> bool {
+        B::holds_inference_models_in_bf16()
+    }
+
     fn attention_block_elements() -> usize {
         B::attention_block_elements()
     }
@@ -137,4 +152,23 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     ) -> TokenLogprobs<Self> {
         lm_head::autodiff::token_logprobs::<B, C>(hidden, weight, targets, with_entropy)
     }
+}
+
+/// Bytes the CUDA allocator pools of `device` have reserved, and of those in use (Burn keeps
+/// freed memory in its pools until [`cuda_memory_cleanup`], so the reserved figure after a
+/// workload is its high-water mark).
+#[cfg(feature = "cuda")]
+pub fn cuda_memory_usage(device: &burn::backend::cuda::CudaDevice) -> Result<(u64, u64), String> {
+    use cubecl::Runtime;
+    let usage = cubecl::cuda::CudaRuntime::client(device)
+        .memory_usage()
+        .map_err(|e| format!("cannot read the CUDA memory usage: {e:?}"))?;
+    Ok((usage.bytes_reserved, usage.bytes_in_use))
+}
+
+/// Hands the pools' free memory of `device` back to the driver.
+#[cfg(feature = "cuda")]
+pub fn cuda_memory_cleanup(device: &burn::backend::cuda::CudaDevice) {
+    use cubecl::Runtime;
+    cubecl::cuda::CudaRuntime::client(device).memory_cleanup();
 }

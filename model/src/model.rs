@@ -459,6 +459,16 @@ impl<B: ModelBackend> Model<B> {
             .with_precision(precision)
     }
 
+    /// The model as an inference engine holds it: in bf16 where the backend prefers it
+    /// ([`ModelBackend::holds_inference_models_in_bf16`]: on CUDA), as it is elsewhere.
+    pub fn for_inference(self) -> Self {
+        if B::holds_inference_models_in_bf16() {
+            self.cast_params(DType::BF16)
+        } else {
+            self
+        }
+    }
+
     /// Sets the dtype matmuls and attention compute in.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;

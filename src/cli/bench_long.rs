@@ -412,17 +412,11 @@ impl Meter {
 /// The bytes the CUDA allocator pools of device `index` hold reserved.
 #[cfg(feature = "cuda")]
 fn cuda_reserved_bytes(index: usize) -> anyhow::Result<u64> {
-    use burn::tensor::Tensor;
     let device = burn::backend::cuda::CudaDevice::new(index);
-    // The compute client is reachable through a tensor's primitive without naming the runtime.
-    let probe = Tensor::<grlo_model::backend::Cuda, 1>::zeros([1], &device);
-    let usage = probe
-        .into_primitive()
-        .tensor()
-        .client
-        .memory_usage()
-        .map_err(|e| anyhow::anyhow!("cannot read the CUDA memory usage: {e:?}"))?;
-    Ok(usage.bytes_reserved)
+    let _ = <grlo_model::backend::Cuda as burn::tensor::backend::Backend>::sync(&device);
+    let (reserved, _) =
+        grlo_model::backend::cuda_memory_usage(&device).map_err(anyhow::Error::msg)?;
+    Ok(reserved)
 }
 
 /// A `kB` field of `/proc/self/status`, in bytes.

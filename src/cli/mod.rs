@@ -2,7 +2,9 @@
 
 pub mod bench;
 pub mod bench_long;
+pub mod bench_parity;
 pub mod bench_service;
+pub mod bench_step;
 pub mod ctl;
 pub mod model;
 pub mod plot;

@@ -38,18 +38,16 @@ impl<B: ModelBackend> RewardModel<B> {
                 "reward model {location} has no chat template to render conversations with"
             )));
         }
-        Ok(RewardModel {
-            pretrained,
-            max_length,
-            batch_tokens,
-        })
+        Ok(Self::from_pretrained(pretrained, max_length, batch_tokens))
     }
 
+    /// A reward model from a loaded checkpoint, held for inference (in bf16 on CUDA).
     pub fn from_pretrained(
-        pretrained: Pretrained<B>,
+        mut pretrained: Pretrained<B>,
         max_length: usize,
         batch_tokens: usize,
     ) -> Self {
+        pretrained.model = pretrained.model.for_inference();
         RewardModel {
             pretrained,
             max_length,
