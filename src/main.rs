@@ -33,6 +33,8 @@ enum Command {
     /// Reward models from preference pairs.
     #[command(subcommand)]
     Rm(cli::rm::RmCommand),
+    /// The GPU memory a job spec needs per role, whether it fits, and a layout over N GPUs.
+    Plan(cli::plan::PlanArgs),
     /// Measure throughput beside the PyTorch/transformers peer.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
             cli::bench_service::run(args).and_then(print_line)
         }
         Command::Train(args) => cli::train::run(args).and_then(print_line),
+        Command::Plan(args) => cli::plan::run(args).and_then(print_line),
         Command::Rm(command) => cli::rm::run(command).and_then(print_line),
         Command::RewardServer(args) => cli::reward_server::run(args).and_then(print_line),
         Command::Coordinator(args) => cli::roles::coordinator(args).and_then(print_line),

@@ -224,3 +224,52 @@ fn train_runs_the_default_job_and_refuses_bad_configs() {
         "{err}"
     );
 }
+
+#[test]
+fn plan_prints_the_layout_and_fails_when_the_job_does_not_fit() {
+    let args = |gpus: &'static str| {
+        vec![
+            "plan",
+            "--config",
+            "configs/grlo-qwen3-4b.toml",
+            "--gpu",
+            "h100-80gb",
+            "--gpus",
+            gpus,
+            "--policy-shape",
+            "configs/shapes/qwen3-4b-base.json",
+            "--reward-shape",
+            "configs/shapes/skywork-reward-v2-llama-3.1-8b.json",
+        ]
+    };
+    let output = grlo(&args("4"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("fits: yes") && text.contains("GPU 3:"),
+        "{text}"
+    );
+
+    let mut json_args = args("4");
+    json_args.push("--json");
+    let plan = json(&grlo(&json_args));
+    assert_eq!(plan["layout"].as_array().unwrap().len(), 4);
+    assert!(plan["problems"].as_array().unwrap().is_empty());
+
+    let output = grlo(&args("2"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("fits: no"));
+    let err = one_line_error(&output);
+    assert!(err.contains("need 3 x h100-80gb"), "{err}");
+
+    let mut unknown = args("4");
+    unknown[4] = "tpu-v5";
+    let err = one_line_error(&grlo(&unknown));
+    assert!(
+        err.contains("tpu-v5") && err.contains("h200-141gb"),
+        "{err}"
+    );
+}

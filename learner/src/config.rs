@@ -483,6 +483,24 @@ impl TrainConfig {
         Self::from_toml(&text, &path.display().to_string(), base)
     }
 
+    /// Reads a job spec for `grlo plan`, which needs its sizes, not its data: blank model
+    /// and data locations (as in a template such as configs/grlo-qwen3-4b.toml) are allowed;
+    /// everything else is checked as [`TrainConfig::from_file`] checks it.
+    pub fn from_file_for_planning(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let source_name = path.display().to_string();
+        let mut config: TrainConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.clone(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        config.validate_with(&source_name, true)?;
+        Ok(config)
+    }
+
     /// Parses TOML text; `source_name` names it in errors and `base` anchors relative paths.
     pub fn from_toml(text: &str, source_name: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut config: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -559,6 +577,11 @@ impl TrainConfig {
 
     /// Every problem at once, so a person fixes the file in one go.
     pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        self.validate_with(source_name, false)
+    }
+
+    /// [`TrainConfig::validate`], with `blank_locations` allowing empty model and data paths.
+    fn validate_with(&self, source_name: &str, blank_locations: bool) -> Result<(), ConfigError> {
         let mut problems: Vec<String> = Vec::new();
         let check = |problems: &mut Vec<String>, ok: bool, message: &str| {
             if !ok {
@@ -569,7 +592,7 @@ impl TrainConfig {
         let a = &self.actor;
         check(
             &mut problems,
-            !self.model.policy.is_empty(),
+            blank_locations || !self.model.policy.is_empty(),
             "model.policy is empty (give a model directory or object store URL)",
         );
         check(
@@ -579,7 +602,7 @@ impl TrainConfig {
         );
         check(
             &mut problems,
-            !self.data.train_files.iter().any(String::is_empty),
+            blank_locations || !self.data.train_files.iter().any(String::is_empty),
             "data.train_files holds an empty path",
         );
         check(

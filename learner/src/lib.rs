@@ -10,6 +10,7 @@ pub mod learner;
 pub mod loss;
 pub mod optim;
 pub mod placement;
+pub mod plan;
 pub mod reward;
 pub mod reward_training;
 pub mod rollout;

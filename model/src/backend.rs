@@ -35,6 +35,11 @@ pub type CudaBf16 = burn::backend::Cuda<half::bf16>;
 #[cfg(not(any(feature = "flex", feature = "ndarray")))]
 compile_error!("grlo-model needs a CPU backend: enable the `flex` or `ndarray` feature");
 
+/// Scores per attention block on CUDA devices (`grlo plan` sizes GPU jobs with it too).
+pub const CUDA_ATTENTION_BLOCK_ELEMENTS: usize = 1 << 26;
+/// Logits per chunk of the LM head on CUDA devices.
+pub const CUDA_LOGITS_CHUNK_ELEMENTS: usize = 1 << 27;
+
 /// A Burn backend with grlo's memory-efficient operations.
 pub trait ModelBackend: Backend {
     /// Elements of one block of attention scores (`batch × heads × query block × key block`):
@@ -103,22 +108,22 @@ impl ModelBackend for Cuda {
     }
 
     fn attention_block_elements() -> usize {
-        1 << 26
+        CUDA_ATTENTION_BLOCK_ELEMENTS
     }
 
     fn logits_chunk_elements() -> usize {
-        1 << 27
+        CUDA_LOGITS_CHUNK_ELEMENTS
     }
 }
 
 #[cfg(feature = "cuda")]
 impl ModelBackend for CudaBf16 {
     fn attention_block_elements() -> usize {
-        1 << 26
+        CUDA_ATTENTION_BLOCK_ELEMENTS
     }
 
     fn logits_chunk_elements() -> usize {
-        1 << 27
+        CUDA_LOGITS_CHUNK_ELEMENTS
     }
 }
 

@@ -9,6 +9,7 @@ pub mod checkpointing;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod footprint;
 pub mod generate;
 mod jinja_python;
 pub mod layers;

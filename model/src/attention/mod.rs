@@ -170,6 +170,23 @@ impl AttentionSpec {
         causal || windows
     }
 
+    /// Elements the cached biases of one whole pass hold (what [`AttentionSpec::bias`] builds
+    /// for every visible block that hides something).
+    pub fn bias_elements(&self) -> usize {
+        let rows = if self.uniform_windows() {
+            1
+        } else {
+            self.batch
+        };
+        let keys = self.key_blocks();
+        self.query_blocks()
+            .iter()
+            .flat_map(|q| keys.iter().map(move |k| (q, k)))
+            .filter(|(q, k)| self.visible(q, k) && self.needs_mask(q, k))
+            .map(|(q, k)| rows * q.len() * self.groups * k.len())
+            .sum()
+    }
+
     /// The additive bias of a block, `[rows, 1, queries * groups * keys]` in f32 with `rows` 1
     /// when every row has the same window (else `batch`): 0 where a query sees a key, [`MASKED`]
     /// elsewhere; `None` when the block hides nothing. Built once per pass and backend.
