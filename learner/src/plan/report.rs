@@ -9,11 +9,14 @@ pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} x {} ({} usable each), computing in {:?}",
+        "{} x {} ({} usable each), computing in {}",
         plan.gpus,
         plan.gpu.name,
         gib(plan.usable_per_gpu),
-        plan.precision
+        match plan.precision {
+            grlo_model::model::Precision::F32 => "f32",
+            grlo_model::model::Precision::Bf16 => "bf16",
+        }
     );
     for role in &plan.roles {
         let _ = writeln!(
