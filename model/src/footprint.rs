@@ -122,18 +122,9 @@ pub fn training_bytes(config: &ModelConfig, shape: &TrainingShape) -> TrainingBy
     // The attention pass: its cached block biases (alive as long as its graph) and, in the
     // backward, blocks of scores, probabilities and their gradients (about two and a half
     // blocks live at once), and the gradient of the q, k, v projection.
-    let spec = AttentionSpec::new(
-        shape.rows,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.head_dim,
-        shape.seq,
-        shape.seq,
-        None,
-        shape.attention_block_elements,
-    );
+    let spec = attention_spec(c, shape);
     let biases = spec.bias_elements() as u64 * F32;
-    let block = (shape.rows * c.num_attention_heads * spec.query_block * spec.key_block) as u64;
+    let block = score_block_elements(c, shape, &spec);
     let attention_backward = 5 * block * F32 / 2 + tokens * (q + 2 * kv) * F32;
 
     // The head's backward: the final norm's input and output with their gradients, and for
@@ -179,17 +170,8 @@ pub fn forward_bytes(config: &ModelConfig, shape: &TrainingShape) -> u64 {
     let kv = (c.num_key_value_heads * c.head_dim) as u64;
     // The residual stream in f32, a layer's normed input, projections and SwiGLU halves.
     let layer = tokens * (2 * hidden * F32 + (hidden + q + 2 * kv + 3 * inter) * compute);
-    let spec = AttentionSpec::new(
-        shape.rows,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.head_dim,
-        shape.seq,
-        shape.seq,
-        None,
-        shape.attention_block_elements,
-    );
-    let block = (shape.rows * c.num_attention_heads * spec.query_block * spec.key_block) as u64;
+    let spec = attention_spec(c, shape);
+    let block = score_block_elements(c, shape, &spec);
     let attention = spec.bias_elements() as u64 * F32 + 3 * block * F32;
     let head = match shape.head {
         Head::LogProbs => {
@@ -206,4 +188,23 @@ fn dtype_bytes(precision: Precision) -> u64 {
         Precision::F32 => 4,
         Precision::Bf16 => 2,
     }
+}
+
+/// The block-wise attention's blocking for `shape` (what `forward_training` would choose).
+fn attention_spec(c: &ModelConfig, shape: &TrainingShape) -> AttentionSpec {
+    AttentionSpec::new(
+        shape.rows,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        shape.seq,
+        shape.seq,
+        None,
+        shape.attention_block_elements,
+    )
+}
+
+/// Elements of one block of scores over every row and head.
+fn score_block_elements(c: &ModelConfig, shape: &TrainingShape, spec: &AttentionSpec) -> u64 {
+    (shape.rows * c.num_attention_heads * spec.query_block * spec.key_block) as u64
 }

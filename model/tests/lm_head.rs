@@ -11,7 +11,7 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use grlo_model::backend::ModelBackend;
 use grlo_model::lm_head::{self, TokenLogprobs, autodiff::token_logprobs_chunked, reference};
 use grlo_model::model::to_f32_vec;
@@ -21,8 +21,8 @@ type B = Flex;
 type A = Autodiff<Flex>;
 
 fn random<const D: usize>(shape: [usize; D], std: f64, seed: u64) -> Tensor<A, D> {
-    B::seed(&Default::default(), seed);
-    Tensor::<A, D>::random(shape, Distribution::Normal(0.0, std), &Default::default())
+    let values = common::normal_values(shape.iter().product(), std, seed);
+    Tensor::<A, D>::from_data(TensorData::new(values, shape), &Default::default())
 }
 
 fn targets(tokens: usize, vocab: usize, seed: u64) -> Tensor<A, 1, Int> {

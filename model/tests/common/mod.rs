@@ -89,3 +89,19 @@ pub fn json_ids(value: &serde_json::Value) -> Vec<u32> {
         .map(|v| v.as_u64().expect("an id") as u32)
         .collect()
 }
+
+/// `n` normal samples with standard deviation `std` from a generator of the caller's own.
+/// Tests build random inputs with this rather than Burn's `Tensor::random`, whose backend seed
+/// is global: test threads running in parallel would reseed each other's inputs.
+pub fn normal_values(n: usize, std: f64, seed: u64) -> Vec<f32> {
+    use rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut uniform = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (0..n)
+        .map(|_| {
+            // Box–Muller; 1 - u keeps the logarithm finite.
+            let (u, v) = (1.0 - uniform(), uniform());
+            (std * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        })
+        .collect()
+}
