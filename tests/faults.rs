@@ -141,6 +141,14 @@ fn a_learner_killed_between_checkpoints_trains_the_spooled_steps_again_to_the_sa
     let mut cluster = Cluster::start_all(200, 60_000, 2);
     let job = submit_with(&cluster, &every_3);
     wait_for_step(&cluster, &job, 4);
+    // The coordinator hears of a version before the learner notes that it did; kill it only
+    // once it has (killed in between, it publishes step 4 again on restart, which is the
+    // other path and not the one this test is about).
+    let announced = cluster.run_dir(&job).join("announced");
+    cluster.wait_until(JOB_TIMEOUT, "the learner to note version 4", || {
+        let text = std::fs::read_to_string(&announced).ok()?;
+        (text.trim().parse::<u64>().ok()? >= 4).then_some(())
+    });
     cluster.kill("learner");
     // Killed after announcing step 4: its checkpoint is step 3's, step 4 is only in the spool.
     assert_eq!(latest(&cluster, &job), "step-3");
