@@ -69,8 +69,8 @@ pub struct BenchModelArgs {
     /// sdpa, with tokens/s and peak memory of both sides. Each runs in its own child process on
     /// each side; peak memory is the growth over the memory held with the model loaded (CPU:
     /// peak RSS; CUDA: the allocator pools' reserved bytes, and torch's max allocated too).
-    /// Off by default: on 2 CPU cores qwen3-25m at 512..4096 takes ~9 minutes with --rounds 2
-    /// and grlo's side grows by ~13 GiB at 4096; qwen3-0.6b at these lengths is for GPUs.
+    /// Off by default: on 2 CPU cores qwen3-25m at 512..4096 takes ~6 minutes with --rounds 2
+    /// and each side grows by 2–4 GiB at 4096; qwen3-0.6b at these lengths is for GPUs.
     #[arg(long, value_delimiter = ',', value_name = "LENGTHS")]
     pub long_context: Vec<usize>,
     /// Run only the --long-context workloads, not prefill, decode and the training workloads.
