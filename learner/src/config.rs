@@ -475,40 +475,42 @@ pub enum ConfigError {
 impl TrainConfig {
     /// Reads a TOML file; relative paths inside are taken relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, &path.display().to_string(), base)
+        Self::read(path, false)
     }
 
     /// Reads a job spec for `grlo plan`, which needs its sizes, not its data: blank model
     /// and data locations (as in a template such as configs/grlo-qwen3-4b.toml) are allowed;
     /// everything else is checked as [`TrainConfig::from_file`] checks it.
     pub fn from_file_for_planning(path: &Path) -> Result<Self, ConfigError> {
+        Self::read(path, true)
+    }
+
+    fn read(path: &Path, blank_locations: bool) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        let source_name = path.display().to_string();
-        let mut config: TrainConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            source_name: source_name.clone(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        config.validate_with(&source_name, true)?;
-        Ok(config)
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base, blank_locations)
     }
 
     /// Parses TOML text; `source_name` names it in errors and `base` anchors relative paths.
     pub fn from_toml(text: &str, source_name: &str, base: &Path) -> Result<Self, ConfigError> {
+        Self::parse(text, source_name, base, false)
+    }
+
+    fn parse(
+        text: &str,
+        source_name: &str,
+        base: &Path,
+        blank_locations: bool,
+    ) -> Result<Self, ConfigError> {
         let mut config: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             source_name: source_name.into(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
         config.resolve_paths(base);
-        config.validate(source_name)?;
+        config.validate_with(source_name, blank_locations)?;
         Ok(config)
     }
 

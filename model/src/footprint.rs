@@ -184,10 +184,7 @@ pub fn forward_bytes(config: &ModelConfig, shape: &TrainingShape) -> u64 {
 }
 
 fn dtype_bytes(precision: Precision) -> u64 {
-    match precision {
-        Precision::F32 => 4,
-        Precision::Bf16 => 2,
-    }
+    precision.dtype().size() as u64
 }
 
 /// The block-wise attention's blocking for `shape` (what `forward_training` would choose).

@@ -480,28 +480,23 @@ impl Job {
             gib(usable),
             gib(role.total - usable)
         );
-        let larger = GPUS
+        // The smallest GPU grlo knows that holds the role.
+        let bigger = GPUS
             .iter()
             .filter(|g| g.usable() >= role.total)
-            .map(|g| g.name)
-            .min_by_key(|name| Gpu::named(name).map(|g| g.bytes).unwrap_or(u64::MAX));
-        let bigger = larger;
-        let larger = match larger {
-            Some(name) => format!("a GPU with more memory ({name})"),
+            .min_by_key(|g| g.bytes);
+        let larger = match bigger {
+            Some(g) => format!("a GPU with more memory ({})", g.name),
             None => "a smaller model (no GPU grlo knows holds it)".to_string(),
         };
         let mut changes = Vec::new();
         match role.role {
             Role::Policy | Role::Critic => {
-                let model = if role.role == Role::Critic {
-                    models.critic.as_ref().expect("a critic role has a critic")
+                let (model, section) = if role.role == Role::Critic {
+                    let critic = models.critic.as_ref().expect("a critic role has a critic");
+                    (critic, "critic")
                 } else {
-                    &models.policy
-                };
-                let section = if role.role == Role::Critic {
-                    "critic"
-                } else {
-                    "actor"
+                    (&models.policy, "actor")
                 };
                 let (budget, checkpointing) = self.training_settings(role.role, config);
                 if !checkpointing {
@@ -513,23 +508,19 @@ impl Job {
                         ));
                     }
                 }
-                // Halve the micro-batch down to one sequence.
-                let mut smaller = budget;
-                while smaller > self.seq {
-                    smaller = (smaller / 2).max(self.seq);
-                    let at = self.learner_at(role.role, model, smaller, true);
-                    if at.total <= usable {
-                        let also = if checkpointing {
-                            ""
-                        } else {
-                            " with gradient_checkpointing = true"
-                        };
-                        changes.push(format!(
-                            "{section}.micro_batch_tokens = {smaller}{also} (needs {})",
-                            gib(at.total)
-                        ));
-                        break;
-                    }
+                let fit = first_halving_that_fits(budget, self.seq, usable, |tokens| {
+                    self.learner_at(role.role, model, tokens, true).total
+                });
+                if let Some((smaller, total)) = fit {
+                    let also = if checkpointing {
+                        ""
+                    } else {
+                        " with gradient_checkpointing = true"
+                    };
+                    changes.push(format!(
+                        "{section}.micro_batch_tokens = {smaller}{also} (needs {})",
+                        gib(total)
+                    ));
                 }
                 let state = 16 * role.parameters;
                 if state > usable {
@@ -544,13 +535,14 @@ impl Job {
             }
             Role::Actor => {
                 let rows = config.rollout.max_batch_rows;
-                if let Some(fit) = (1..rows)
+                let fit = (1..rows)
                     .rev()
-                    .find(|&r| self.actor(&models.policy, r).total <= usable)
-                {
+                    .map(|r| (r, self.actor(&models.policy, r).total))
+                    .find(|&(_, total)| total <= usable);
+                if let Some((fit, total)) = fit {
                     changes.push(format!(
                         "rollout.max_batch_rows = {fit} (needs {})",
-                        gib(self.actor(&models.policy, fit).total)
+                        gib(total)
                     ));
                 }
                 changes.push("shorter data.max_prompt_length + data.max_response_length".into());
@@ -560,17 +552,17 @@ impl Job {
             }
             Role::RewardServer => {
                 let reward = models.reward.as_ref().expect("a reward role has a model");
-                let mut tokens = config.reward.batch_tokens;
-                while tokens > self.reward_seq {
-                    tokens = (tokens / 2).max(self.reward_seq);
-                    let at = self.reward_server(reward, tokens);
-                    if at.total <= usable {
-                        changes.push(format!(
-                            "reward.batch_tokens = {tokens} (needs {})",
-                            gib(at.total)
-                        ));
-                        break;
-                    }
+                let fit = first_halving_that_fits(
+                    config.reward.batch_tokens,
+                    self.reward_seq,
+                    usable,
+                    |tokens| self.reward_server(reward, tokens).total,
+                );
+                if let Some((tokens, total)) = fit {
+                    changes.push(format!(
+                        "reward.batch_tokens = {tokens} (needs {})",
+                        gib(total)
+                    ));
                 }
                 if changes.is_empty() || bigger.is_some() {
                     changes.push(larger);
@@ -584,6 +576,25 @@ impl Job {
         }
         format!("{over}; change: {}", changes.join(", or "))
     }
+}
+
+/// Halves a token budget from `budget` down to `floor` (one sequence) and returns the first
+/// that fits `usable`, with what it needs.
+fn first_halving_that_fits(
+    budget: usize,
+    floor: usize,
+    usable: u64,
+    needs: impl Fn(usize) -> u64,
+) -> Option<(usize, u64)> {
+    let mut tokens = budget;
+    while tokens > floor {
+        tokens = (tokens / 2).max(floor);
+        let total = needs(tokens);
+        if total <= usable {
+            return Some((tokens, total));
+        }
+    }
+    None
 }
 
 fn item(what: impl Into<String>, bytes: u64) -> Item {

@@ -26,11 +26,8 @@ pub fn render(plan: &Plan) -> String {
             role.parameters as f64 / 1e9,
             gib(role.total)
         );
-        for item in &role.items {
+        for item in role.items.iter().chain(&role.notes) {
             let _ = writeln!(out, "  {:>10}  {}", gib(item.bytes), item.what);
-        }
-        for note in &role.notes {
-            let _ = writeln!(out, "  {:>10}  {}", gib(note.bytes), note.what);
         }
     }
     match &plan.layout {
