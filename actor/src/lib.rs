@@ -364,6 +364,7 @@ async fn work_on(
         n: sampling.n.max(1) as usize,
         stop_token_ids: loaded.tokenizer.stop_token_ids().to_vec(),
         max_batch_rows: sampling.max_batch_rows.max(1) as usize,
+        max_cache_tokens: sampling.max_cache_tokens as usize,
     };
     let tasks: Vec<PromptTask> = task
         .prompts

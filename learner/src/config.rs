@@ -165,8 +165,12 @@ pub struct RolloutSection {
     pub top_p: f32,
     /// 0 disables top-k (verl's -1).
     pub top_k: usize,
-    /// Most sequences generated together (bounds the KV cache's memory).
+    /// Most sequences generated together (bounds the KV cache's memory). Rows that finish
+    /// are refilled from the waiting prompts at once (continuous batching).
     pub max_batch_rows: usize,
+    /// Most KV-cache positions an actor holds: running rows × the longest row's prompt plus
+    /// `data.max_response_length`; 0 leaves only `max_batch_rows` as the bound.
+    pub max_cache_tokens: usize,
 }
 
 impl Default for RolloutSection {
@@ -178,6 +182,7 @@ impl Default for RolloutSection {
             top_p: 1.0,
             top_k: 0,
             max_batch_rows: 256,
+            max_cache_tokens: 0,
         }
     }
 }

@@ -287,6 +287,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             n: config.rollout.n,
             stop_token_ids,
             max_batch_rows: config.rollout.max_batch_rows,
+            max_cache_tokens: config.rollout.max_cache_tokens,
         };
         let resolved = toml::to_string_pretty(&config).expect("a config serialises");
         std::fs::write(run_dir.join("config.toml"), resolved)

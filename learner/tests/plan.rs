@@ -258,6 +258,33 @@ fn max_batch_rows_sizes_the_kv_cache_and_the_advice_names_a_fitting_count() {
 }
 
 #[test]
+fn max_cache_tokens_caps_the_kv_cache() {
+    let cache = |budget: usize| {
+        let mut config = paper_job();
+        config.rollout.max_batch_rows = 64;
+        config.rollout.max_cache_tokens = budget;
+        let plan = plan_of(&config, 4);
+        role(&plan, Role::Actor)
+            .items
+            .iter()
+            .find(|i| i.what.starts_with("KV cache"))
+            .expect("KV cache")
+            .bytes
+    };
+    let seq = {
+        let job = paper_job();
+        job.data.max_prompt_length + job.data.max_response_length
+    };
+    let unbounded = cache(0);
+    assert_eq!(
+        cache(64 * seq),
+        unbounded,
+        "a budget above rows x seq changes nothing"
+    );
+    assert_eq!(cache(16 * seq), unbounded / 4, "a quarter of the positions");
+}
+
+#[test]
 fn reward_batch_tokens_size_the_scoring_batch() {
     let scoring = |tokens: usize| {
         let mut config = paper_job();

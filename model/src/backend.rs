@@ -6,7 +6,7 @@
 //!
 //! [`ModelBackend`] is a Burn backend plus the two operations whose memory decides how long a
 //! sequence can be trained: block-wise attention and the language-model head's per-token
-//! log-probabilities. Their default bodies are written in Burn tensor ops, so every backend
+//! log-probabilities; and the in-place write of the generation engine's KV cache. Their default bodies are written in Burn tensor ops, so every backend
 //! runs them as they are; the autodiff backend overrides both with a custom backward that
 //! recomputes block by block instead of keeping `[t, t]` scores or `[tokens, vocab]` logits.
 
@@ -15,7 +15,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 
+use std::ops::Range;
+
 use crate::attention::{AttentionSpec, blockwise};
+use crate::engine::slots;
 use crate::lm_head::{self, TokenLogprobs};
 
 /// The CPU backend.
@@ -72,6 +75,18 @@ pub trait ModelBackend: Backend {
         blockwise::forward(q, k, v, spec).0
     }
 
+    /// Writes `value` (`[rows.len(), kv_heads, positions, head_dim]`) into the slot cache
+    /// tensor `cache` (`[slots, kv_heads, capacity, head_dim]`) at slots `rows`, positions
+    /// `column..`, in place where the backend allows it (see [`crate::engine::slots`]).
+    fn kv_write(
+        cache: Tensor<Self, 4>,
+        rows: Range<usize>,
+        column: usize,
+        value: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        slots::kv_write_sliced(cache, rows, column, value)
+    }
+
     /// The log-probability of each target token under `hidden · weight` (and the entropy of
     /// that distribution when asked), computed a chunk of tokens at a time:
     /// `hidden: [tokens, d]`, `weight: [d, vocab]`, `targets: [tokens]`.
@@ -96,7 +111,16 @@ where
 }
 
 #[cfg(feature = "flex")]
-impl ModelBackend for burn::backend::Flex {}
+impl ModelBackend for burn::backend::Flex {
+    fn kv_write(
+        cache: Tensor<Self, 4>,
+        rows: Range<usize>,
+        column: usize,
+        value: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        slots::kv_write_flex(cache, rows, column, value)
+    }
+}
 
 #[cfg(feature = "ndarray")]
 impl ModelBackend for burn::backend::NdArray {}

@@ -1,17 +1,15 @@
-//! Batched generation: one prefill over left-padded prompts, then one-token decoding steps
-//! against a KV cache. Rows that finish (a stop token, or the token limit) leave the batch
-//! and the cache at once, so no compute is spent on them; padding that no remaining row
-//! needs is cut from the front of the cache.
+//! Generation of whole prompt sets: the parameters and completions, and [`generate`], which
+//! runs them through the [`crate::engine`] (continuous batching over a slot KV cache).
 
 use crate::backend::ModelBackend;
-use burn::tensor::{Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Engine, EngineLimits, Request};
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Model, TokenBatch};
-use crate::sampling::{SamplingParams, choose_rows};
+use crate::model::Model;
+use crate::sampling::SamplingParams;
 
 /// What to generate for a batch of prompts.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,16 +45,6 @@ pub struct Completion {
     pub finish_reason: FinishReason,
 }
 
-/// A row of the running batch.
-struct Row {
-    completion: Completion,
-    rng: ChaCha8Rng,
-    /// Padding positions at the front of this row's cache.
-    padding: usize,
-    /// Rotary position of the next token.
-    position: usize,
-}
-
 /// The random stream of sample `sample` of a prompt whose seed is `seed`: independent of which
 /// other prompts share the batch, so a prompt generates the same text alone or batched.
 pub fn sample_rng(seed: u64, sample: usize) -> ChaCha8Rng {
@@ -85,129 +73,41 @@ pub fn generate<B: ModelBackend>(
     generate_seeded(model, prompts, &seeds, params)
 }
 
-/// Like [`generate`], with one seed per prompt.
+/// Like [`generate`], with one seed per prompt. All prompts run in one continuous batch.
 pub fn generate_seeded<B: ModelBackend>(
     model: &Model<B>,
     prompts: &[Vec<u32>],
     seeds: &[u64],
     params: &GenerationParams,
 ) -> Result<Vec<Completion>> {
+    let limits = EngineLimits {
+        max_batch_rows: (prompts.len() * params.n).max(1),
+        ..EngineLimits::default()
+    };
+    generate_with(model, prompts, seeds, params, limits)
+}
+
+/// Like [`generate_seeded`], within the engine's `limits`.
+pub fn generate_with<B: ModelBackend>(
+    model: &Model<B>,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    params: &GenerationParams,
+    limits: EngineLimits,
+) -> Result<Vec<Completion>> {
     validate(model, prompts, seeds, params)?;
-    let n = params.n;
-    let mut rows: Vec<Row> = Vec::with_capacity(prompts.len() * n);
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    for (p, prompt) in prompts.iter().enumerate() {
-        for s in 0..n {
-            rows.push(Row {
-                completion: Completion {
-                    prompt_index: p,
-                    sample_index: s,
-                    token_ids: Vec::new(),
-                    logprobs: Vec::new(),
-                    sampling_logprobs: Vec::new(),
-                    finish_reason: FinishReason::Length,
-                },
-                rng: sample_rng(seeds[p], s),
-                padding: longest - prompt.len(),
-                position: prompt.len(),
-            });
-        }
+    let mut engine = Engine::new(model, limits)?;
+    for (prompt, &seed) in prompts.iter().zip(seeds) {
+        engine.submit(Request {
+            prompt: prompt.clone(),
+            params: params.clone(),
+            seed,
+        })?;
     }
-    if params.max_new_tokens == 0 || prompts.is_empty() {
-        return Ok(rows.into_iter().map(|r| r.completion).collect());
-    }
-
-    // Prefill every prompt once, then repeat its cache rows for its `n` samples.
-    let device = model.device();
-    let pad = model.config.pad_token_id.unwrap_or(0);
-    let batch = TokenBatch::left_padded(prompts, pad);
-    let mut cache = KvCache::new(model.layers.len());
-    let hidden = model.forward_hidden(&batch, Some(&mut cache)); // [prompts * seq, hidden]
-    let last: Vec<usize> = (0..prompts.len())
-        .map(|p| p * batch.seq + batch.seq - 1)
-        .collect();
-    let logits = model.lm_logits(hidden.select(0, index_tensor::<B>(&last, &device))); // [prompts, vocab]
-    let expand: Vec<usize> = (0..prompts.len() * n).map(|r| r / n).collect();
-    let mut logits = logits.select(0, index_tensor::<B>(&expand, &device)); // [rows, vocab]
-    if n > 1 {
-        cache.select_rows(&expand);
-    }
-
-    let mut active: Vec<usize> = (0..rows.len()).collect();
-    loop {
-        // Choose the next token of every active row (`active` is sorted, as `rows`).
-        let choices = {
-            let mut rngs: Vec<&mut ChaCha8Rng> = rows
-                .iter_mut()
-                .enumerate()
-                .filter(|(r, _)| active.binary_search(r).is_ok())
-                .map(|(_, row)| &mut row.rng)
-                .collect();
-            choose_rows(logits, &params.sampling, &mut rngs)
-        };
-        let mut still_active = Vec::with_capacity(active.len());
-        let mut kept = Vec::with_capacity(active.len());
-        for ((slot, &r), choice) in active.iter().enumerate().zip(choices) {
-            let row = &mut rows[r];
-            let c = &mut row.completion;
-            c.token_ids.push(choice.token);
-            c.logprobs.push(choice.logprob);
-            c.sampling_logprobs.push(choice.sampling_logprob);
-            if params.stop_token_ids.contains(&choice.token) {
-                c.finish_reason = FinishReason::Stop;
-            } else if c.token_ids.len() < params.max_new_tokens {
-                still_active.push(r);
-                kept.push(slot);
-            }
-        }
-        if still_active.is_empty() {
-            break;
-        }
-        if kept.len() < active.len() {
-            cache.select_rows(&kept);
-            let common = still_active
-                .iter()
-                .map(|&r| rows[r].padding)
-                .min()
-                .unwrap_or(0);
-            cache.drop_front(common);
-            still_active.iter().for_each(|&r| rows[r].padding -= common);
-        }
-        active = still_active;
-
-        // One decoding step for the rows still running.
-        let step = decode_batch(&rows, &active, cache.len());
-        let hidden = model.forward_hidden(&step, Some(&mut cache)); // [active, hidden]
-        logits = model.lm_logits(hidden); // [active, vocab]
-        for &r in &active {
-            rows[r].position += 1;
-        }
-    }
-    Ok(rows.into_iter().map(|r| r.completion).collect())
-}
-
-/// The one-token step of the active rows over `cached` cached positions.
-fn decode_batch(rows: &[Row], active: &[usize], cached: usize) -> TokenBatch {
-    let keys = cached + 1;
-    let any_padding = active.iter().any(|&r| rows[r].padding > 0);
-    let key_windows =
-        any_padding.then(|| active.iter().map(|&r| (rows[r].padding, keys)).collect());
-    TokenBatch {
-        batch: active.len(),
-        seq: 1,
-        ids: active
-            .iter()
-            .map(|&r| *rows[r].completion.token_ids.last().expect("a chosen token"))
-            .collect(),
-        positions: active.iter().map(|&r| rows[r].position).collect(),
-        key_windows,
-        lengths: vec![1; active.len()],
-    }
-}
-
-fn index_tensor<B: ModelBackend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let values: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-    Tensor::from_data(TensorData::new(values, [indices.len()]), device)
+    // Request ids are the prompt indices.
+    let mut completions = engine.run()?;
+    completions.sort_by_key(|c| (c.prompt_index, c.sample_index));
+    Ok(completions)
 }
 
 fn validate<B: ModelBackend>(

@@ -18,6 +18,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::attention::AttentionSpec;
 use crate::backend::ModelBackend;
+use crate::engine::SlotLayer;
 use crate::rope::RopeTables;
 
 /// `y = x W + b` with `W` stored `[in, out]` (the transpose of PyTorch's layout).
@@ -91,6 +92,16 @@ pub struct LayerCache<B: Backend> {
     pub values: Tensor<B, 4>,
 }
 
+/// Where an attention layer keeps the keys and values of the tokens it processes.
+pub enum KvSlot<'a, B: Backend> {
+    /// Appended to what the cache holds (an empty cache is filled): prefill, and
+    /// [`crate::KvCache`]'s step-by-step decoding.
+    Append(&'a mut Option<LayerCache<B>>),
+    /// Written in place into a preallocated slot cache at each row's length (one new token
+    /// per row): the generation engine's decoding steps.
+    Slots(&'a mut SlotLayer<B>, &'a [usize]),
+}
+
 /// What one forward pass shares across its layers: the row count, the rotary tables, which
 /// keys each query sees, and the dtype matmuls and attention compute in.
 #[derive(Clone, Debug)]
@@ -124,14 +135,14 @@ pub struct Attention<B: Backend> {
 impl<B: ModelBackend> Attention<B> {
     /// `x: [batch * seq, hidden]` (in the compute dtype) → `[batch * seq, hidden]` (the same).
     ///
-    /// With a cache slot, the new keys and values are appended to what it holds (an empty slot
-    /// is filled) and the queries attend to all cached positions as well; the pass's attention
-    /// spec must cover `cached + seq` keys.
+    /// With a cache, the new keys and values are stored in it (see [`KvSlot`]) and the queries
+    /// attend to all cached positions as well; the pass's attention spec must cover the keys
+    /// the cache then holds.
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
         pass: &Pass<B>,
-        cache: Option<&mut Option<LayerCache<B>>>,
+        cache: Option<KvSlot<'_, B>>,
     ) -> Tensor<B, 2> {
         let [tokens, _] = x.dims();
         let batch = pass.batch;
@@ -161,7 +172,8 @@ impl<B: ModelBackend> Attention<B> {
         let v = v.swap_dims(1, 2); // [batch, kv, seq, hd]
 
         let (k, v) = match cache {
-            Some(slot) => {
+            Some(KvSlot::Slots(layer, lengths)) => layer.write_step(k, v, lengths),
+            Some(KvSlot::Append(slot)) => {
                 let (k, v) = match slot.take() {
                     Some(cached) => (
                         Tensor::cat(vec![cached.keys, k], 2), // [batch, kv, keys, hd]
@@ -217,7 +229,7 @@ impl<B: ModelBackend> DecoderLayer<B> {
         &self,
         x: Tensor<B, 2>,
         pass: &Pass<B>,
-        cache: Option<&mut Option<LayerCache<B>>>,
+        cache: Option<KvSlot<'_, B>>,
     ) -> Tensor<B, 2> {
         let normed = to_dtype(self.input_norm.forward(x.clone()), pass.compute);
         let attended = self.attention.forward(normed, pass, cache);

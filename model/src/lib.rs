@@ -7,6 +7,7 @@ pub mod backend;
 pub mod chat_template;
 pub mod checkpointing;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod export;
 pub mod footprint;
@@ -28,8 +29,11 @@ pub mod weights_store;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, HeadKind, ModelConfig};
+pub use engine::{Engine, EngineLimits, EngineStats, Request};
 pub use error::{Error, Result};
-pub use generate::{Completion, FinishReason, GenerationParams, generate, generate_seeded};
+pub use generate::{
+    Completion, FinishReason, GenerationParams, generate, generate_seeded, generate_with,
+};
 pub use model::{KvCache, Model, TokenBatch};
 pub use pretrained::Pretrained;
 pub use safetensors_io::StoredDtype;

@@ -10,8 +10,11 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use crate::attention::AttentionSpec;
 use crate::backend::ModelBackend;
 use crate::config::{HeadKind, ModelConfig};
+use crate::engine::SlotCache;
 use crate::error::{Error, Result};
-use crate::layers::{Attention, DecoderLayer, LayerCache, Linear, Mlp, Pass, RmsNorm, to_dtype};
+use crate::layers::{
+    Attention, DecoderLayer, KvSlot, LayerCache, Linear, Mlp, Pass, RmsNorm, to_dtype,
+};
 use crate::lm_head::TokenLogprobs;
 use crate::params::{ParamSource, RandomInit, hf_names};
 use crate::rope::Rope;
@@ -385,7 +388,7 @@ impl<B: ModelBackend> Model<B> {
         match cache {
             Some(cache) => {
                 for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward(x, &pass, Some(slot));
+                    x = layer.forward(x, &pass, Some(KvSlot::Append(slot)));
                 }
             }
             None => {
@@ -394,6 +397,36 @@ impl<B: ModelBackend> Model<B> {
                 }
             }
         }
+        self.norm.forward(x)
+    }
+
+    /// One decoding step of the engine's running rows: `ids` holds the next token of every
+    /// occupied slot of `cache` (in slot order; slot `r`'s token sits at position
+    /// `cache.lengths[r]`). Its keys and values are written into the slots, which then hold one
+    /// more token each. Returns the final-norm hidden states `[rows, hidden]`.
+    pub fn forward_slots(&self, ids: &[u32], cache: &mut SlotCache<B>) -> Tensor<B, 2> {
+        assert_eq!(ids.len(), cache.rows(), "one token per occupied slot");
+        let lengths = &cache.lengths;
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let uneven = lengths.iter().any(|&l| l != longest);
+        let batch = TokenBatch {
+            batch: ids.len(),
+            seq: 1,
+            ids: ids.to_vec(),
+            positions: lengths.clone(),
+            // Row r sees its own `lengths[r]` cached keys and the new one.
+            key_windows: uneven.then(|| lengths.iter().map(|&l| (0, l + 1)).collect()),
+            lengths: vec![1; ids.len()],
+        };
+        let pass = self.pass(&batch, longest);
+        let mut x = self.embed_tokens(&batch); // [rows, hidden]
+        let SlotCache {
+            layers, lengths, ..
+        } = cache;
+        for (layer, slot) in self.layers.iter().zip(layers.iter_mut()) {
+            x = layer.forward(x, &pass, Some(KvSlot::Slots(slot, lengths)));
+        }
+        cache.advance();
         self.norm.forward(x)
     }
 

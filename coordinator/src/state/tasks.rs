@@ -166,6 +166,7 @@ impl State {
                 n: rollout.n as u32,
                 max_new_tokens: data.config.data.max_response_length as u32,
                 max_batch_rows: rollout.max_batch_rows as u32,
+                max_cache_tokens: rollout.max_cache_tokens as u64,
             }),
             deadline_unix_ms: now + self.settings.lease_ms as i64,
             learner_address: address_of(&job.learner),

@@ -13,11 +13,11 @@ mod report;
 
 use std::path::{Path, PathBuf};
 
-use grlo_model::ModelConfig;
 use grlo_model::backend::{CUDA_ATTENTION_BLOCK_ELEMENTS, CUDA_LOGITS_CHUNK_ELEMENTS};
 use grlo_model::config::HeadKind;
 use grlo_model::footprint::{self, Head, TrainingShape};
 use grlo_model::model::Precision;
+use grlo_model::{EngineLimits, ModelConfig};
 
 use crate::config::{PrecisionSetting, TrainConfig};
 
@@ -199,7 +199,11 @@ pub fn plan(
     if let Some(reward) = &models.reward {
         roles.push(job.reward_server(reward, config.reward.batch_tokens));
     }
-    roles.push(job.actor(&models.policy, config.rollout.max_batch_rows));
+    roles.push(job.actor(
+        &models.policy,
+        config.rollout.max_batch_rows,
+        config.rollout.max_cache_tokens,
+    ));
 
     let mut problems = Vec::new();
     for role in &roles {
@@ -448,22 +452,34 @@ impl Job {
         memory(Role::RewardServer, parameters, items, Vec::new())
     }
 
-    fn actor(&self, model: &ModelConfig, rows: usize) -> RoleMemory {
+    fn actor(&self, model: &ModelConfig, rows: usize, max_cache_tokens: usize) -> RoleMemory {
         let parameters = footprint::parameters(model);
-        let tokens = (rows * self.seq) as u64;
-        // The cache grows by concatenation: one layer's old and new cache at once.
-        let layers = model.num_hidden_layers.max(1) as u64;
-        let cache = footprint::kv_cache_bytes(model, tokens, Precision::Bf16);
-        let prefill =
-            footprint::forward_bytes(model, &self.shape(rows, self.prompt, Head::Score, false));
+        // The engine's slot cache: every row reserves its prompt and response, within the
+        // token budget when one is set.
+        let tokens = match max_cache_tokens {
+            0 => rows * self.seq,
+            budget => budget.min(rows * self.seq),
+        };
+        let cache = footprint::kv_cache_bytes(model, tokens as u64, Precision::Bf16);
+        // Prompts are prefilled a batch of at most `max_prefill_tokens` positions at a time.
+        let prefill_rows =
+            (EngineLimits::default().max_prefill_tokens / self.prompt.max(1)).clamp(1, rows.max(1));
+        let prefill = footprint::forward_bytes(
+            model,
+            &self.shape(prefill_rows, self.prompt, Head::Score, false),
+        );
         let logits = (rows * model.vocab_size) as u64 * 4;
+        let cached_rows = tokens / self.seq.max(1);
         let items = vec![
             item("weights (bf16)", 2 * parameters),
             item(
-                format!("KV cache, {rows} rows x {} tokens (bf16)", self.seq),
-                cache + cache / layers,
+                format!("KV cache, {cached_rows} rows x {} tokens (bf16)", self.seq),
+                cache,
             ),
-            item(format!("prefill, {rows} x {} tokens", self.prompt), prefill),
+            item(
+                format!("prefill, {prefill_rows} x {} tokens", self.prompt),
+                prefill,
+            ),
             item("logits of one decoding step (f32)", logits),
         ];
         memory(Role::Actor, parameters, items, Vec::new())
@@ -537,7 +553,7 @@ impl Job {
                 let rows = config.rollout.max_batch_rows;
                 let fit = (1..rows)
                     .rev()
-                    .map(|r| (r, self.actor(&models.policy, r).total))
+                    .map(|r| (r, self.actor(&models.policy, r, 0).total))
                     .find(|&(_, total)| total <= usable);
                 if let Some((fit, total)) = fit {
                     changes.push(format!(
