@@ -6,7 +6,8 @@
 //! 2), so no `[t, t]` tensor lives beyond one block. Masks are never materialised for the
 //! whole pass: which keys a query sees follows from per-row key windows and causality, blocks
 //! that nothing sees are skipped, and a block that is partly hidden gets a bias of its own
-//! size (built once per pass and shared by the layers).
+//! size, built on the device from the rows' key windows (once per pass and shared by the
+//! layers, unless a pass would hold more than [`BIAS_CACHE_ELEMENTS`] of them).
 //!
 //! Grouped-query attention uses the key and value heads as they are: the queries of the heads
 //! sharing a key head are stacked along the query axis (`[batch, kv_heads, queries * groups,
@@ -26,7 +27,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorCreationOptions, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorCreationOptions, TensorData};
 
 /// A value added to attention scores to hide a key: finite, so that the online softmax never
 /// computes `inf - inf`.
@@ -170,9 +171,9 @@ impl AttentionSpec {
         causal || windows
     }
 
-    /// Elements the cached biases of one whole pass hold (what [`AttentionSpec::bias`] builds
-    /// for every visible block that hides something).
-    pub fn bias_elements(&self) -> usize {
+    /// Elements of every block bias of one whole pass (each visible block that hides
+    /// something has one).
+    fn all_bias_elements(&self) -> usize {
         let rows = if self.uniform_windows() {
             1
         } else {
@@ -187,9 +188,32 @@ impl AttentionSpec {
             .sum()
     }
 
+    /// Whether the pass keeps its block biases (built once, shared by the layers) or builds
+    /// each when it is needed (when keeping them all would cost more than
+    /// [`BIAS_CACHE_ELEMENTS`]: a prefill of many padded rows).
+    fn caches_biases(&self) -> bool {
+        self.all_bias_elements() <= BIAS_CACHE_ELEMENTS
+    }
+
+    /// Elements of block biases the pass holds at once: all of them when it keeps them, else
+    /// the largest block's.
+    pub fn bias_elements(&self) -> usize {
+        if self.caches_biases() {
+            return self.all_bias_elements();
+        }
+        let rows = if self.uniform_windows() {
+            1
+        } else {
+            self.batch
+        };
+        self.query_block * self.groups * self.key_block * rows
+    }
+
     /// The additive bias of a block, `[rows, 1, queries * groups * keys]` in f32 with `rows` 1
     /// when every row has the same window (else `batch`): 0 where a query sees a key, [`MASKED`]
-    /// elsewhere; `None` when the block hides nothing. Built once per pass and backend.
+    /// elsewhere; `None` when the block hides nothing. Built on the device from the rows' key
+    /// windows (only those cross from the host), once per pass and backend when
+    /// [`AttentionSpec::caches_biases`].
     pub fn bias<B: Backend>(
         &self,
         queries: &Range<usize>,
@@ -198,6 +222,9 @@ impl AttentionSpec {
     ) -> Option<Tensor<B, 3>> {
         if !self.needs_mask(queries, keys) {
             return None;
+        }
+        if !self.caches_biases() {
+            return Some(self.build_bias(queries, keys, device));
         }
         let key = BiasKey {
             backend: std::any::TypeId::of::<B>(),
@@ -211,29 +238,59 @@ impl AttentionSpec {
         {
             return Some(bias.clone());
         }
+        let bias = self.build_bias(queries, keys, device);
+        cache.insert(key, Box::new(bias.clone()));
+        Some(bias)
+    }
+
+    fn build_bias<B: Backend>(
+        &self,
+        queries: &Range<usize>,
+        keys: &Range<usize>,
+        device: &B::Device,
+    ) -> Tensor<B, 3> {
         let rows = if self.uniform_windows() {
             1
         } else {
             self.batch
         };
-        let per_row = queries.len() * self.groups * keys.len();
-        let mut values = Vec::with_capacity(rows * per_row);
-        for row in 0..rows {
-            for q in queries.clone() {
-                for _ in 0..self.groups {
-                    values.extend(
-                        keys.clone()
-                            .map(|k| if self.sees(row, q, k) { 0.0 } else { MASKED }),
-                    );
-                }
-            }
-        }
+        let (q_rows, k_len) = (queries.len() * self.groups, keys.len());
+        let shape = [rows, q_rows, k_len];
+        let ints = |values: Vec<i64>, dims: [usize; 3]| {
+            Tensor::<B, 3, Int>::from_data(TensorData::new(values, dims), device).expand(shape)
+        };
+        let key_position = Tensor::<B, 1, Int>::arange(keys.start as i64..keys.end as i64, device)
+            .reshape([1, 1, k_len])
+            .expand(shape);
+        // Query-major rows: row `q * groups + g` is the query at position `offset + q`.
+        let query_position: Vec<i64> = queries
+            .clone()
+            .flat_map(|q| std::iter::repeat_n((self.offset() + q) as i64, self.groups))
+            .collect();
+        let query_position = ints(query_position, [1, q_rows, 1]);
+        let starts = ints(
+            self.key_start[..rows].iter().map(|&s| s as i64).collect(),
+            [rows, 1, 1],
+        );
+        let ends = ints(
+            self.key_end[..rows].iter().map(|&e| e as i64).collect(),
+            [rows, 1, 1],
+        );
+        let seen = key_position
+            .clone()
+            .lower_equal(query_position)
+            .bool_and(key_position.clone().greater_equal(starts))
+            .bool_and(key_position.lower(ends)); // [rows, q_rows, k_len]
         let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F32);
-        let bias = Tensor::<B, 3>::from_data(TensorData::new(values, [rows, 1, per_row]), options);
-        cache.insert(key, Box::new(bias.clone()));
-        Some(bias)
+        Tensor::<B, 3>::full(shape, MASKED, options)
+            .mask_fill(seen, 0.0)
+            .reshape([rows, 1, q_rows * k_len])
     }
 }
+
+/// Most bias elements a pass keeps for its layers to share (64 MiB of f32); a pass that would
+/// need more builds each block's bias when it uses it.
+pub const BIAS_CACHE_ELEMENTS: usize = 1 << 24;
 
 /// Query and key block sizes for `heads_total = batch × heads` score matrices of
 /// `queries × keys` within a budget of `elements` scores a block.
@@ -266,6 +323,58 @@ mod tests {
         assert_eq!(block_sizes(128, 1, 3000, 1 << 22), (1, 3000));
         // Short passes are one block.
         assert_eq!(block_sizes(8, 10, 10, 1 << 22), (10, 10));
+    }
+
+    #[test]
+    fn device_biases_follow_sees() {
+        use crate::backend::Cpu;
+        // Rows with different windows (left padding, right padding, both), cached keys, GQA.
+        let windows = vec![(0, 9), (3, 9), (1, 6)];
+        let spec = AttentionSpec::new(3, 4, 2, 8, 5, 9, Some(windows), 1 << 20).with_blocks(2, 4);
+        let device = Default::default();
+        for queries in spec.query_blocks() {
+            for keys in spec.key_blocks() {
+                let Some(bias) = spec.bias::<Cpu>(&queries, &keys, &device) else {
+                    assert!(!spec.needs_mask(&queries, &keys));
+                    continue;
+                };
+                let values: Vec<f32> = bias.into_data().convert::<f32>().into_vec().unwrap();
+                let mut i = 0;
+                for row in 0..3 {
+                    for q in queries.clone() {
+                        for _ in 0..spec.groups {
+                            for k in keys.clone() {
+                                let expected = if spec.sees(row, q, k) { 0.0 } else { MASKED };
+                                assert_eq!(values[i], expected, "row {row} q {q} k {k}");
+                                i += 1;
+                            }
+                        }
+                    }
+                }
+                assert_eq!(i, values.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_pass_with_many_padded_rows_builds_its_biases_per_block() {
+        // 256 left-padded rows of 1024 tokens, 32 heads over 8: keeping every block's bias
+        // would take 256 x 1024 x 4 x 1024 floats (4 GiB); one block at a time is kept.
+        let windows: Vec<(usize, usize)> = (0..256).map(|r| (r % 7, 1024)).collect();
+        let spec = AttentionSpec::new(256, 32, 8, 128, 1024, 1024, Some(windows), 1 << 26);
+        assert!(!spec.caches_biases());
+        assert_eq!(
+            spec.bias_elements(),
+            256 * spec.query_block * spec.groups * spec.key_block
+        );
+        assert!(
+            spec.bias_elements() * 4 < 1 << 31,
+            "{}",
+            spec.bias_elements()
+        );
+        // A training pass (right padding: one causal bias for every row) keeps its biases.
+        let training = AttentionSpec::new(8, 32, 8, 128, 4096, 4096, None, 1 << 26);
+        assert!(training.caches_biases());
     }
 
     #[test]
