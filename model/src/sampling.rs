@@ -80,58 +80,89 @@ pub struct Choice {
 
 /// Picks a token for every row of `logits` (`[rows, vocab]`), row `i` drawing from `rngs[i]`.
 ///
-/// Greedy choice and plain sampling (temperature only: the paper's setting) run on the device
-/// in O(vocab) per row ([`inverse_cdf`]), and only three numbers per row come back to the
-/// host, which matters on a GPU with a large vocabulary; top-k and top-p truncation run on the
-/// host with [`choose`].
+/// Everything runs on the device, and one `[rows, 3]` tensor (token, raw log-prob, sampling
+/// log-prob) comes back to the host: one synchronisation per step, which matters on a GPU
+/// with a large vocabulary. Each row draws one uniform number from its own stream (so a row's
+/// choice does not depend on the others), and the choices are those of the host reference
+/// [`choose`] for the same draws: inverse-CDF sampling in vocabulary order after top-k (ties at
+/// the k-th value kept), in order of decreasing probability after top-p. The work is O(vocab)
+/// per row ([`inverse_cdf`]), plus a sort when `top_p < 1`.
 pub fn choose_rows<B: Backend>(
     logits: Tensor<B, 2>,
     params: &SamplingParams,
     rngs: &mut [&mut ChaCha8Rng],
 ) -> Vec<Choice> {
     let [rows, vocab] = logits.dims();
-    if params.top_k > 0 && params.top_k < vocab || params.top_p < 1.0 {
-        let values = to_f32_vec(logits);
-        return rngs
-            .iter_mut()
-            .enumerate()
-            .map(|(r, rng)| choose(&values[r * vocab..(r + 1) * vocab], params, rng))
-            .collect();
-    }
     let device = logits.device();
     let log_z = log_sum_exp_rows(logits.clone()); // [rows, 1]
     let (tokens, sampling_logprobs) = if params.is_greedy() {
-        (logits.clone().argmax(1), None) // [rows, 1]
+        let tokens = logits.clone().argmax(1); // [rows, 1]
+        let zeros = Tensor::<B, 2>::zeros([rows, 1], (&device, logits.dtype()));
+        (tokens, zeros)
     } else {
-        // Inverse-CDF sampling: the first token whose cumulative probability exceeds u.
-        let scaled = logits.clone().div_scalar(params.temperature); // [rows, vocab]
-        let log_probs = scaled
-            .clone()
-            .sub(log_sum_exp_rows(scaled).repeat_dim(1, vocab));
         let draws: Vec<f32> = rngs
             .iter_mut()
             .map(|rng| uniform_open(rng) as f32)
             .collect();
         let u = Tensor::<B, 2>::from_data(TensorData::new(draws, [rows, 1]), &device);
-        let tokens = inverse_cdf(log_probs.clone().exp(), u);
-        let chosen = log_probs.gather(1, tokens.clone());
-        (tokens, Some(chosen))
+        sample_rows(logits.clone(), params, u)
     };
-    let logprobs = logits.gather(1, tokens.clone()).sub(log_z);
-    let tokens: Vec<i64> = tokens
-        .into_data()
-        .convert::<i64>()
-        .into_vec()
-        .expect("ids convert to i64");
-    let logprobs = to_f32_vec(logprobs);
-    let sampling = sampling_logprobs.map(to_f32_vec);
+    let logprobs = logits.gather(1, tokens.clone()).sub(log_z); // [rows, 1]
+    // Token ids are exact in f32 (below 2^24).
+    let packed = Tensor::cat(vec![tokens.float(), logprobs, sampling_logprobs], 1); // [rows, 3]
+    let values = to_f32_vec(packed);
     (0..rows)
         .map(|r| Choice {
-            token: tokens[r] as u32,
-            logprob: logprobs[r],
-            sampling_logprob: sampling.as_ref().map_or(0.0, |s| s[r]),
+            token: (values[r * 3] as u32).min(vocab as u32 - 1),
+            logprob: values[r * 3 + 1],
+            sampling_logprob: values[r * 3 + 2],
         })
         .collect()
+}
+
+/// Draws a token per row at uniform `u` (`[rows, 1]`) from the temperature-scaled, truncated
+/// distribution: the tokens `[rows, 1]` and their log-probabilities under it `[rows, 1]`.
+fn sample_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    params: &SamplingParams,
+    u: Tensor<B, 2>,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
+    let [rows, vocab] = logits.dims();
+    let device = logits.device();
+    let mut scaled = logits.div_scalar(params.temperature); // [rows, vocab]
+    if params.top_k > 0 && params.top_k < vocab {
+        // Keep every token at least as likely as the k-th (ties kept).
+        let kth = scaled
+            .clone()
+            .topk(params.top_k, 1)
+            .narrow(1, params.top_k - 1, 1); // [rows, 1]
+        let below = scaled.clone().lower(kth.repeat_dim(1, vocab));
+        scaled = scaled.mask_fill(below, f32::NEG_INFINITY);
+    }
+    let log_probs = scaled
+        .clone()
+        .sub(log_sum_exp_rows(scaled).repeat_dim(1, vocab)); // [rows, vocab]
+    if params.top_p >= 1.0 {
+        let tokens = inverse_cdf(log_probs.clone().exp(), u);
+        let chosen = log_probs.gather(1, tokens.clone());
+        return (tokens, chosen);
+    }
+    // Top-p: the most likely tokens until their mass reaches p (the one crossing it kept),
+    // renormalised, sampled in order of decreasing probability.
+    let (sorted, order) = log_probs.sort_descending_with_indices(1); // [rows, vocab]
+    let probs = sorted.clone().exp();
+    let p = Tensor::<B, 2>::full([rows, 1], params.top_p, (&device, probs.dtype()));
+    let last_kept = inverse_cdf(probs.clone(), p); // [rows, 1]
+    let positions = Tensor::<B, 1, Int>::arange(0..vocab as i64, &device)
+        .unsqueeze::<2>()
+        .repeat_dim(0, rows); // [rows, vocab]
+    let dropped = positions.greater(last_kept.repeat_dim(1, vocab));
+    let kept = probs.mask_fill(dropped, 0.0);
+    let mass = kept.clone().sum_dim(1); // [rows, 1]
+    let index = inverse_cdf(kept, u.mul(mass.clone())); // [rows, 1], in sorted order
+    let tokens = order.gather(1, index.clone());
+    let chosen = sorted.gather(1, index).sub(mass.log());
+    (tokens, chosen)
 }
 
 /// Per row of `probs` (`[rows, vocab]`), the first token whose cumulative probability exceeds
@@ -425,26 +456,33 @@ mod tests {
             assert_eq!(device[r].token, host.token);
             assert!((device[r].logprob - host.logprob).abs() < 1e-5);
         }
-        // Sampling: the same draws pick the same tokens, with the same log-probs.
-        let params = SamplingParams {
-            temperature: 0.7,
-            ..SamplingParams::default()
-        };
-        for seed in 0..20 {
-            let mut device_rngs: Vec<ChaCha8Rng> = (0..4)
-                .map(|i| ChaCha8Rng::seed_from_u64(seed * 10 + i))
-                .collect();
-            let mut refs: Vec<&mut ChaCha8Rng> = device_rngs.iter_mut().collect();
-            let device = choose_rows(tensor(), &params, &mut refs);
-            for (r, row) in rows.iter().enumerate() {
-                let host = choose(
-                    row,
-                    &params,
-                    &mut ChaCha8Rng::seed_from_u64(seed * 10 + r as u64),
-                );
-                assert_eq!(device[r].token, host.token, "seed {seed} row {r}");
-                assert!((device[r].logprob - host.logprob).abs() < 1e-5);
-                assert!((device[r].sampling_logprob - host.sampling_logprob).abs() < 1e-5);
+        // Sampling: the same draws pick the same tokens, with the same log-probs, plain and
+        // truncated by top-k, top-p and both.
+        for (top_k, top_p) in [(0, 1.0), (5, 1.0), (0, 0.8), (12, 0.9), (1, 1.0)] {
+            let params = SamplingParams {
+                temperature: 0.7,
+                top_k,
+                top_p,
+                ..SamplingParams::default()
+            };
+            for seed in 0..20 {
+                let mut device_rngs: Vec<ChaCha8Rng> = (0..4)
+                    .map(|i| ChaCha8Rng::seed_from_u64(seed * 10 + i))
+                    .collect();
+                let mut refs: Vec<&mut ChaCha8Rng> = device_rngs.iter_mut().collect();
+                let device = choose_rows(tensor(), &params, &mut refs);
+                for (r, row) in rows.iter().enumerate() {
+                    let host = choose(
+                        row,
+                        &params,
+                        &mut ChaCha8Rng::seed_from_u64(seed * 10 + r as u64),
+                    );
+                    let case = format!("top_k {top_k} top_p {top_p} seed {seed} row {r}");
+                    assert_eq!(device[r].token, host.token, "{case}");
+                    assert!((device[r].logprob - host.logprob).abs() < 1e-5, "{case}");
+                    let diff = (device[r].sampling_logprob - host.sampling_logprob).abs();
+                    assert!(diff < 1e-5, "{case}: sampling log-prob off by {diff}");
+                }
             }
         }
     }
