@@ -67,6 +67,30 @@ fn run_arriving(
     finished
 }
 
+/// Every completion of `batched` (sorted by prompt and sample) is what its prompt gets alone.
+fn assert_as_alone(
+    model: &grlo_model::Model<B>,
+    prompts: &[Vec<u32>],
+    per_prompt: &[GenerationParams],
+    batched: &[Completion],
+) {
+    let mut batched = batched.iter();
+    for (p, prompt) in prompts.iter().enumerate() {
+        let seed = [1000 + p as u64];
+        let alone = generate_seeded(model, std::slice::from_ref(prompt), &seed, &per_prompt[p]);
+        for (s, a) in alone.unwrap().iter().enumerate() {
+            let b = batched.next().expect("as many completions");
+            assert_eq!(b.token_ids, a.token_ids, "prompt {p} sample {s}");
+            assert_eq!(b.finish_reason, a.finish_reason, "prompt {p} sample {s}");
+            let diff = max_abs_diff(&b.logprobs, &a.logprobs);
+            assert!(diff < 1e-4, "prompt {p} sample {s}: logprob diff {diff}");
+            let diff = max_abs_diff(&b.sampling_logprobs, &a.sampling_logprobs);
+            assert!(diff < 1e-4, "prompt {p} sample {s}: sampling diff {diff}");
+        }
+    }
+    assert!(batched.next().is_none(), "no more completions");
+}
+
 fn check_against_alone(sampling: SamplingParams, n: usize) {
     let model = load("qwen3-tiny");
     let prompts = prompts();
@@ -78,24 +102,7 @@ fn check_against_alone(sampling: SamplingParams, n: usize) {
     let batched = run_arriving(&mut engine, &prompts, &per_prompt);
     assert_eq!(batched.len(), prompts.len() * n);
     assert!(engine.stats().peak_rows <= 3.max(n));
-    for (p, prompt) in prompts.iter().enumerate() {
-        let alone = generate_seeded(
-            &model,
-            std::slice::from_ref(prompt),
-            &[1000 + p as u64],
-            &per_prompt[p],
-        )
-        .unwrap();
-        for s in 0..n {
-            let (b, a) = (&batched[p * n + s], &alone[s]);
-            assert_eq!(b.token_ids, a.token_ids, "prompt {p} sample {s}");
-            assert_eq!(b.finish_reason, a.finish_reason, "prompt {p} sample {s}");
-            let diff = max_abs_diff(&b.logprobs, &a.logprobs);
-            assert!(diff < 1e-4, "prompt {p} sample {s}: logprob diff {diff}");
-            let diff = max_abs_diff(&b.sampling_logprobs, &a.sampling_logprobs);
-            assert!(diff < 1e-4, "prompt {p} sample {s}: sampling diff {diff}");
-        }
-    }
+    assert_as_alone(&model, &prompts, &per_prompt, &batched);
 }
 
 #[test]
@@ -139,16 +146,7 @@ fn requests_with_different_sampling_share_a_batch() {
         .collect();
     let mut engine = Engine::new(&model, limits(4, true)).unwrap();
     let batched = run_arriving(&mut engine, &prompts, &per_prompt);
-    for (p, prompt) in prompts.iter().enumerate() {
-        let alone = generate_seeded(
-            &model,
-            std::slice::from_ref(prompt),
-            &[1000 + p as u64],
-            &per_prompt[p],
-        )
-        .unwrap();
-        assert_eq!(batched[p].token_ids, alone[0].token_ids, "prompt {p}");
-    }
+    assert_as_alone(&model, &prompts, &per_prompt, &batched);
 }
 
 #[test]
