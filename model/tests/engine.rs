@@ -253,7 +253,7 @@ fn the_slot_cache_matches_a_full_forward_at_every_step() {
         let batch = TokenBatch::left_padded(&prompts, 0);
         model.forward_hidden(&batch, Some(&mut prefill));
         let mut cache = SlotCache::new(model.layers.len());
-        cache.reserve(4, 40, 4);
+        cache.reserve(4, 40, 4, usize::MAX);
         let mut slots: Vec<usize> = Vec::new(); // the sequence in each slot
         for (p, prompt) in prompts.iter().enumerate() {
             cache.admit(&prefill, p, batch.seq - prompt.len()..batch.seq, 1);
@@ -320,6 +320,30 @@ fn limits_bound_the_rows_and_the_cache() {
         engine.cache_bytes()
     );
 
+    // Rows arriving one by one grow the cache, within the budget all the same: five rows of
+    // up to 33 + 20 positions.
+    let budget = 5 * 53;
+    let mut engine = Engine::new(
+        &model,
+        EngineLimits {
+            max_batch_rows: 16,
+            max_cache_tokens: budget,
+            ..EngineLimits::default()
+        },
+    )
+    .unwrap();
+    let mut no_stop = params(SamplingParams::greedy(), 20, 1);
+    no_stop.stop_token_ids.clear();
+    let per_prompt = vec![no_stop; prompts().len()];
+    let completions = run_arriving(&mut engine, &prompts(), &per_prompt);
+    assert_eq!(completions.len(), 8);
+    assert!(engine.stats().peak_rows <= 5);
+    assert!(
+        engine.cache_bytes() <= budget * bytes_per_position,
+        "{} bytes allocated for a budget of {budget} positions",
+        engine.cache_bytes()
+    );
+
     // A request that can never fit is refused when submitted, naming the budget.
     let err = engine
         .submit(Request {
@@ -329,7 +353,7 @@ fn limits_bound_the_rows_and_the_cache() {
         })
         .unwrap_err()
         .to_string();
-    assert!(err.contains("exceed") && err.contains("256"), "{err}");
+    assert!(err.contains("exceed") && err.contains("265"), "{err}");
     let err = engine
         .submit(Request {
             prompt: vec![],

@@ -342,10 +342,15 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         if admitted.is_empty() {
             return Ok(());
         }
-        // A row never outgrows its slot: room for its whole reserve (+1: the last token's
-        // keys are written before the row is seen to finish).
-        self.cache
-            .reserve(rows, longest_reserve + 1, self.limits.max_batch_rows);
+        // A row never outgrows its slot: its last written position is prompt + max_new_tokens
+        // - 2 (the last token's keys are never written), inside its reserve.
+        let limits = &self.limits;
+        (self.cache).reserve(
+            rows,
+            longest_reserve,
+            limits.max_batch_rows,
+            limits.max_cache_tokens,
+        );
         self.prefill(admitted);
         Ok(())
     }

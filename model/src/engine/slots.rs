@@ -98,30 +98,49 @@ impl<B: ModelBackend> SlotCache<B> {
         (self.row_capacity, self.length_capacity)
     }
 
-    /// Makes room for `rows` slots of `length` positions each (at most `max_rows` slots are
-    /// ever allocated), keeping what the slots hold.
-    pub fn reserve(&mut self, rows: usize, length: usize, max_rows: usize) {
+    /// Makes room for `rows` slots of `length` positions each, keeping what the slots hold.
+    /// Capacity grows by doubling, within `max_rows` slots and `max_positions` positions
+    /// (slots × length) unless the request itself needs more.
+    pub fn reserve(&mut self, rows: usize, length: usize, max_rows: usize, max_positions: usize) {
         if rows <= self.row_capacity && length <= self.length_capacity {
             return;
         }
+        let quantized = |l: usize| l.div_ceil(LENGTH_QUANTUM) * LENGTH_QUANTUM;
+        let within = |rows: usize, length: usize| rows.saturating_mul(length) <= max_positions;
+        // The first of the current length, its double, `length` rounded up, and `length` itself
+        // that holds `length` with `rows` slots within the budget (every row's reserve is at
+        // most `length`, so a shorter capacity still holds what the slots hold).
+        let length_capacity = [
+            self.length_capacity,
+            quantized(length.max(self.length_capacity * 2)),
+            quantized(length),
+        ]
+        .into_iter()
+        .find(|&l| l >= length && within(rows, l))
+        .unwrap_or(length);
         let row_capacity = if rows <= self.row_capacity {
             self.row_capacity
         } else {
-            rows.max(self.row_capacity * 2).min(max_rows.max(rows))
+            let fitting = max_positions / length_capacity.max(1);
+            rows.max(self.row_capacity * 2)
+                .min(max_rows)
+                .min(fitting)
+                .max(rows)
         };
-        let length_capacity = if length <= self.length_capacity {
-            self.length_capacity
-        } else {
-            length
-                .max(self.length_capacity * 2)
-                .div_ceil(LENGTH_QUANTUM)
-                * LENGTH_QUANTUM
-        };
+        if (row_capacity, length_capacity) == (self.row_capacity, self.length_capacity) {
+            return;
+        }
+        let kept = self.length_capacity.min(length_capacity);
         let grow = |old: Tensor<B, 4>| {
             let [rows, kv, _, hd] = old.dims();
             let shape = [row_capacity, kv, length_capacity, hd];
             let options = TensorCreationOptions::new(old.device()).with_dtype(old.dtype());
-            B::kv_write(Tensor::zeros(shape, options), 0..rows, 0, old)
+            B::kv_write(
+                Tensor::zeros(shape, options),
+                0..rows,
+                0,
+                old.narrow(2, 0, kept),
+            )
         };
         for layer in &mut self.layers {
             layer.keys = layer.keys.take().map(grow);
