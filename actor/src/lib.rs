@@ -3,16 +3,14 @@
 //! has them scored by the reward server, streams the trajectories to the learner and reports
 //! the task done. Peers that are away are retried with back-off until the task's lease ends.
 
-use grlo_model::backend::ModelBackend;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use grlo_learner::rollout::{PromptTask, RolloutParams, rollout};
-use grlo_learner::trajectory::Trajectory;
+use grlo_learner::rollout::{PromptTask, RolloutParams};
 use grlo_learner::wire::to_wire;
-use grlo_model::{Model, Pretrained, SamplingParams, Tokenizer};
+use grlo_model::SamplingParams;
 use grlo_proto::security::{ClientSecurity, Transport};
 use grlo_proto::status::is_retryable;
 use grlo_proto::v1;
@@ -22,8 +20,10 @@ use grlo_proto::v1::reward_server_client::RewardServerClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
+mod engine;
 pub mod telemetry;
 
+use engine::{LoadedPolicy, load_policy};
 pub use telemetry::ActorMetrics;
 
 /// How the actor runs.
@@ -224,108 +224,6 @@ async fn pause(duration: Duration, shutdown: &CancellationToken) {
         _ = tokio::time::sleep(duration) => {}
         _ = shutdown.cancelled() => {}
     }
-}
-
-/// A weight version in memory, on the actor's backend.
-struct LoadedPolicy {
-    job_id: String,
-    version: u64,
-    tokenizer: Tokenizer,
-    generator: Box<dyn Generate>,
-}
-
-/// Generation on whichever backend the policy was loaded on.
-trait Generate: Send {
-    fn rollout(
-        &self,
-        tasks: &[PromptTask],
-        params: &RolloutParams,
-        version: u64,
-    ) -> grlo_learner::Result<Vec<Trajectory>>;
-}
-
-struct OnBackend<B: ModelBackend> {
-    model: Model<B>,
-}
-
-impl<B: ModelBackend> Generate for OnBackend<B> {
-    fn rollout(
-        &self,
-        tasks: &[PromptTask],
-        params: &RolloutParams,
-        version: u64,
-    ) -> grlo_learner::Result<Vec<Trajectory>> {
-        rollout(&self.model, tasks, params, version)
-    }
-}
-
-/// Downloads (verified) and loads a weight version.
-fn load_policy(config: &ActorConfig, task: &v1::RolloutTask) -> anyhow::Result<LoadedPolicy> {
-    let started = Instant::now();
-    let dir = config
-        .cache_dir
-        .join(&task.job_id)
-        .join(format!("v{}", task.weight_version));
-    grlo_model::weights_store::fetch_verified_blocking(&task.weights_location, &dir).map_err(
-        |e| {
-            anyhow::anyhow!(
-                "weights v{} of job {}: {e}",
-                task.weight_version,
-                task.job_id
-            )
-        },
-    )?;
-    let location = dir.display().to_string();
-    let (generator, tokenizer): (Box<dyn Generate>, Tokenizer) = match config.device.as_str() {
-        "cpu" => {
-            let pretrained =
-                Pretrained::<grlo_model::backend::Cpu>::load(&location, &Default::default())?;
-            let tokenizer = pretrained.tokenizer()?.clone();
-            (
-                Box::new(OnBackend {
-                    model: pretrained.model,
-                }),
-                tokenizer,
-            )
-        }
-        #[cfg(feature = "cuda")]
-        device if device.starts_with("cuda") => {
-            let index = device
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0);
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            let pretrained = Pretrained::<grlo_model::backend::Cuda>::load(&location, &device)?;
-            let tokenizer = pretrained.tokenizer()?.clone();
-            (
-                Box::new(OnBackend {
-                    model: pretrained.model.for_inference(), // bf16
-                }),
-                tokenizer,
-            )
-        }
-        other => anyhow::bail!("device {other} is not available in this build"),
-    };
-    tracing::info!(
-        job = %task.job_id,
-        version = task.weight_version,
-        seconds = started.elapsed().as_secs_f64(),
-        "weights loaded"
-    );
-    // Older versions of the job in the cache are no longer needed.
-    if let Ok(entries) = std::fs::read_dir(config.cache_dir.join(&task.job_id)) {
-        for entry in entries.flatten() {
-            if entry.path() != dir {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    Ok(LoadedPolicy {
-        job_id: task.job_id.clone(),
-        version: task.weight_version,
-        tokenizer,
-        generator,
-    })
 }
 
 /// Generates, scores and delivers one task.
