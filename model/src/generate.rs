@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineLimits, Request};
+use crate::engine::{Engine, EngineLimits, Request, check_params};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampling::SamplingParams;
@@ -95,7 +95,8 @@ pub fn generate_with<B: ModelBackend>(
     params: &GenerationParams,
     limits: EngineLimits,
 ) -> Result<Vec<Completion>> {
-    validate(model, prompts, seeds, params)?;
+    check_params(params)?;
+    validate(model, prompts, seeds)?;
     let mut engine = Engine::new(model, limits)?;
     for (prompt, &seed) in prompts.iter().zip(seeds) {
         engine.submit(Request {
@@ -110,29 +111,14 @@ pub fn generate_with<B: ModelBackend>(
     Ok(completions)
 }
 
-fn validate<B: ModelBackend>(
-    model: &Model<B>,
-    prompts: &[Vec<u32>],
-    seeds: &[u64],
-    params: &GenerationParams,
-) -> Result<()> {
-    params.sampling.validate()?;
-    if params.n == 0 {
-        return Err(Error::InvalidInput(
-            "n (samples per prompt) must be at least 1".into(),
-        ));
-    }
+/// What the engine cannot tell: the seeds match the prompts, and which prompt is bad (the
+/// engine checks the model itself).
+fn validate<B: ModelBackend>(model: &Model<B>, prompts: &[Vec<u32>], seeds: &[u64]) -> Result<()> {
     if seeds.len() != prompts.len() {
         return Err(Error::InvalidInput(format!(
             "{} seeds for {} prompts",
             seeds.len(),
             prompts.len()
-        )));
-    }
-    if model.lm_head.is_none() && model.score.is_some() {
-        return Err(Error::InvalidInput(format!(
-            "{} cannot generate: it has a classification head, not a language-model head",
-            model.config.class_name()
         )));
     }
     for (i, prompt) in prompts.iter().enumerate() {

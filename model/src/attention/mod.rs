@@ -60,6 +60,9 @@ pub struct AttentionSpec {
     pub key_block: usize,
     /// Block biases already built for this pass, per backend (see [`AttentionSpec::bias`]).
     biases: Arc<Mutex<HashMap<BiasKey, Box<dyn Any + Send>>>>,
+    /// Whether the pass keeps its block biases (see [`AttentionSpec::caches_biases`]),
+    /// decided once for its blocks.
+    keeps_biases: bool,
 }
 
 /// A block of queries and keys, named by where it starts and how long it is.
@@ -96,7 +99,7 @@ impl AttentionSpec {
             None => (vec![0; batch], vec![keys; batch]),
         };
         let (query_block, key_block) = block_sizes(batch * heads, queries, keys, block_elements);
-        AttentionSpec {
+        let spec = AttentionSpec {
             batch,
             kv_heads,
             groups: heads / kv_heads,
@@ -109,7 +112,16 @@ impl AttentionSpec {
             query_block,
             key_block,
             biases: Arc::default(),
-        }
+            keeps_biases: false,
+        };
+        spec.decide_bias_caching()
+    }
+
+    /// Sets [`AttentionSpec::caches_biases`] for the current blocks: it walks every block, so
+    /// it is done once, not at each block's bias.
+    fn decide_bias_caching(mut self) -> Self {
+        self.keeps_biases = self.all_bias_elements() <= BIAS_CACHE_ELEMENTS;
+        self
     }
 
     /// Uses these block sizes instead (tests use small ones to exercise many blocks).
@@ -117,7 +129,7 @@ impl AttentionSpec {
         self.query_block = query_block.max(1);
         self.key_block = key_block.max(1);
         self.biases = Arc::default();
-        self
+        self.decide_bias_caching()
     }
 
     /// Key position of query 0.
@@ -192,7 +204,7 @@ impl AttentionSpec {
     /// each when it is needed (when keeping them all would cost more than
     /// [`BIAS_CACHE_ELEMENTS`]: a prefill of many padded rows).
     fn caches_biases(&self) -> bool {
-        self.all_bias_elements() <= BIAS_CACHE_ELEMENTS
+        self.keeps_biases
     }
 
     /// Elements of block biases the pass holds at once: all of them when it keeps them, else

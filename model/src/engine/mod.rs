@@ -104,6 +104,8 @@ struct Row {
     params: Arc<GenerationParams>,
     rng: ChaCha8Rng,
     completion: Completion,
+    /// Cache positions the row may fill: its prompt and `max_new_tokens`.
+    reserve: usize,
 }
 
 /// A request waiting for rows.
@@ -129,8 +131,6 @@ pub struct Engine<'m, B: ModelBackend> {
     waiting: VecDeque<Waiting>,
     /// Row `r` lives in slot `r` of `cache`.
     rows: Vec<Row>,
-    /// Reserved positions of each row.
-    reserved: Vec<usize>,
     cache: SlotCache<B>,
     /// The next-token logits of every row, `[rows, vocab]`.
     logits: Option<Tensor<B, 2>>,
@@ -158,7 +158,6 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
             next_id: 0,
             waiting: VecDeque::new(),
             rows: Vec::new(),
-            reserved: Vec::new(),
             cache: SlotCache::new(model.layers.len()),
             logits: None,
             ready: Vec::new(),
@@ -173,12 +172,7 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
             params,
             seed,
         } = request;
-        params.sampling.validate()?;
-        if params.n == 0 {
-            return Err(Error::InvalidInput(
-                "n (samples per prompt) must be at least 1".into(),
-            ));
-        }
+        check_params(&params)?;
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }
@@ -321,7 +315,7 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         }
         let mut admitted: Vec<Waiting> = Vec::new();
         let mut rows = self.rows.len();
-        let mut longest_reserve = self.reserved.iter().copied().max().unwrap_or(0);
+        let mut longest_reserve = self.rows.iter().map(|r| r.reserve).max().unwrap_or(0);
         let mut longest_prompt = 0;
         while let Some(next) = self.waiting.front() {
             let n = next.params.n;
@@ -376,12 +370,12 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
             self.cache.admit(&prefill, p, pad..batch.seq, n);
             for s in 0..n {
                 expand.push(p);
-                self.reserved.push(waiting.reserve());
                 self.rows.push(Row {
                     request: waiting.id,
                     params: waiting.params.clone(),
                     rng: sample_rng(waiting.seed, s),
                     completion: empty_completion(waiting.id, s),
+                    reserve: waiting.reserve(),
                 });
             }
         }
@@ -451,12 +445,22 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         // From the highest: each removal moves the last row into the freed slot.
         for &r in gone.iter().rev() {
             self.cache.swap_remove(r);
-            self.reserved.swap_remove(r);
             completions.push(self.rows.swap_remove(r).completion);
         }
         completions.reverse();
         completions
     }
+}
+
+/// Rejects parameters no request can run with, naming the parameter.
+pub fn check_params(params: &GenerationParams) -> Result<()> {
+    params.sampling.validate()?;
+    if params.n == 0 {
+        return Err(Error::InvalidInput(
+            "n (samples per prompt) must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn empty_completion(request: RequestId, sample: usize) -> Completion {
