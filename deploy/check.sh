@@ -20,11 +20,19 @@
 #     a wrong metric name and a wrong token file. With promtool (PROMTOOL, on PATH, or extracted
 #     from Debian's `prometheus` package into target/deploy-check on first use) it also parses
 #     the dashboard's PromQL and the scrape config;
-#  5. submits each overlay's job.toml to a throwaway coordinator on 127.0.0.1, which parses and
+#  5. checks that the actors' inference engines agree with the job spec each overlay mounts
+#     (deploy/check_engine.py): with rollout.engine = "openai" (overlays/gpu-sglang) an SGLang
+#     sidecar in every actor pod listens on the port of rollout.endpoints, mounts the volume of
+#     the actor's --cache-dir at the same path, starts from the job's model.policy (written by an
+#     init container), has /health probes, /dev/shm and the pod's GPU, and actor.tis_cap is on;
+#     with the built-in engine no actor pod has an engine; and that this check does catch a wrong
+#     engine port and a cache volume mounted elsewhere;
+#  6. submits each overlay's job.toml to a throwaway coordinator on 127.0.0.1, which parses and
 #     validates it as a real submission would, and checks that the in-image paths it names
 #     (/opt/grlo/configs/...) exist in configs/. The coordinator runs as the manifests run it:
 #     the base's tokens (grlo ctl presents the admin token, and a worker token is refused) and,
-#     where openssl is installed, mutual TLS with certificates from deploy/tls-certs.sh.
+#     where openssl is installed, mutual TLS with certificates from deploy/tls-certs.sh. Every
+#     job.toml is submitted, and then the refused ones are named.
 #
 # Needs python3 (with venv; kubernetes-validate and PyYAML are installed into
 # target/deploy-check/venv on first use, or set PYTHON to an interpreter that has both).
@@ -165,7 +173,50 @@ grep -q 'grlo_learner_aprox_kl is not a metric grlo exports' "$broken.log" \
 rm -f "$broken" "$broken.yaml" "$broken.log"
 echo "ok: both refused"
 
-# --- 5. job specs -----------------------------------------------------------------------------
+# --- 5. the actors' inference engines against the job specs ------------------------------------
+echo "== deploy/check_engine.py (the actors' engines against the job spec of each overlay)"
+"$PYTHON" deploy/check_engine.py "${rendered[@]}"
+
+echo "== deploy/check_engine.py catches a wrong engine port and a cache volume mounted elsewhere"
+broken="$OUT/broken-engine.yaml.tmp"
+# In a copy of the first rendered overlay whose job has rollout.engine = "openai": the engine
+# listens on another port than rollout.endpoints names, and mounts the actor's cache volume at
+# another path.
+"$PYTHON" - "$broken" "${rendered[@]}" <<'PY' || fail "self-test: no rendered overlay with an SGLang engine container to plant the mistakes in"
+import sys, yaml
+sys.path.insert(0, "deploy")
+from check_engine import argv_of, is_sglang
+for path in sys.argv[2:]:
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    planted = set()
+    for doc in docs:
+        spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+        for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            if not is_sglang(argv_of(container)) or planted:
+                continue
+            command = container["command"]
+            command[command.index("--port") + 1] = "30001"
+            for mount in container.get("volumeMounts") or []:
+                if mount.get("mountPath") == "/var/cache/grlo":
+                    mount["mountPath"] = "/var/cache/engine"
+                    planted.add(path)
+    if planted:
+        with open(sys.argv[1], "w") as f:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+        sys.exit(0)
+sys.exit(1)
+PY
+if "$PYTHON" deploy/check_engine.py "$broken" >"$broken.log" 2>&1; then
+    cat "$broken.log" >&2
+    fail "self-test: check_engine.py accepted an engine on port 30001 and its cache at /var/cache/engine"
+fi
+grep -q 'listens on port 30001, which no rollout.endpoints URL names' "$broken.log" \
+    && grep -q "does not mount the volume 'cache' at /var/cache/grlo" "$broken.log" \
+    || { cat "$broken.log" >&2; fail "self-test: check_engine.py failed without naming both mistakes"; }
+rm -f "$broken" "$broken.log"
+echo "ok: both refused"
+
+# --- 6. job specs -----------------------------------------------------------------------------
 for overlay in "${overlays[@]}"; do
     job="deploy/k8s/overlays/$overlay/job.toml"
     [ -f "$job" ] || continue
@@ -229,14 +280,18 @@ if "${clean_env[@]}" "${security[@]}" GRLO_ADMIN_TOKEN_FILE="$data/tokens/worker
 fi
 grep -q 'needs the admin token' "$data/refused.log" || { cat "$data/refused.log" >&2; fail "ListJobs with the worker token failed for another reason"; }
 echo "ok: refused"
+refused=()
 for overlay in "${overlays[@]}"; do
     job="deploy/k8s/overlays/$overlay/job.toml"
     [ -f "$job" ] || continue
     echo "== grlo ctl job submit $job (a throwaway coordinator at $url)"
-    ctl --json job submit "$job" >"$data/submit.json" \
-        || fail "the coordinator refused $job"
+    if ! ctl --json job submit "$job" >"$data/submit.json"; then
+        refused+=("$job")
+        continue
+    fi
     "$PYTHON" -c 'import json, sys; j = json.load(open(sys.argv[1])); print("ok:", j["id"], j["name"], j["status"])' \
         "$data/submit.json"
 done
+[ "${#refused[@]}" -eq 0 ] || fail "the coordinator ($GRLO) refused ${refused[*]}"
 
 echo "deploy/check.sh: all checks passed (${#overlays[@]} overlays, kubectl: $KUBECTL, Kubernetes $K8S_VERSIONS)"

@@ -15,6 +15,11 @@ CronJob, Pod) in the given multi-document YAML files:
   GRLO_ADMIN_TOKEN (the token itself) where the role takes --worker-token-file /
   --admin-token-file.
 
+The one kind of container that does not run grlo is an inference engine beside an actor (the
+image of ENGINE_IMAGES: lmsysorg/sglang, vllm/vllm-openai, under any registry): its flags are
+not grlo's, so it is left to deploy/check_engine.py, and here only has to carry no GRLO_*
+variable.
+
 Usage: check_flags.py [--grlo PATH] RENDERED.yaml...
 Exits 1 with one line per problem, naming the file, the object, the container and the flag.
 """
@@ -48,6 +53,27 @@ OPTION_LINE = re.compile(
 )
 SHORT_ONLY_LINE = re.compile(r"^\s+(?P<short>-[A-Za-z0-9])(?P<value> <[^>]+>)?(?:\s|$)")
 ENV_NAME = re.compile(r"\[env: (?P<name>[A-Z][A-Z0-9_]*)=")
+
+# Images of the inference engines an actor may drive (rollout.engine = "openai"), as
+# REPOSITORY[:TAG|@DIGEST] under any registry or mirror prefix: containers that run them are not
+# grlo (deploy/check_engine.py checks them against the job spec).
+ENGINE_IMAGES = {
+    "lmsysorg/sglang": "sglang",
+    "vllm/vllm-openai": "vllm",
+}
+
+
+def engine_image(container) -> str | None:
+    """"sglang" or "vllm" for a container whose image is an inference engine's, else None."""
+    image = str(container.get("image") or "")
+    repository = re.split(r"@", image, maxsplit=1)[0]
+    # A tag is a ':' after the last '/' (a ':' before it is a registry's port).
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    for name, kind in ENGINE_IMAGES.items():
+        if repository == name or repository.endswith("/" + name):
+            return kind
+    return None
 
 
 @dataclass
@@ -171,6 +197,7 @@ class Checker:
         self.grlo = grlo
         self.problems: list[str] = []
         self.checked: list[str] = []
+        self.engines: list[str] = []
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
@@ -206,6 +233,15 @@ class Checker:
             self.problem(path, "no workloads (Deployment, StatefulSet, ...) in the file")
 
     def check_container(self, where, container, keys, namespace) -> None:
+        engine = engine_image(container)
+        if engine:
+            # Not grlo: its flags are the engine's (deploy/check_engine.py).
+            for env in container.get("env") or []:
+                if str(env.get("name", "")).startswith("GRLO_"):
+                    self.problem(where, f"environment variable {env['name']} in an inference-engine "
+                                 f"container ({engine}, image {container.get('image')}): it does not run grlo")
+            self.engines.append(f"{where}: {engine} (image {container.get('image')})")
+            return
         command = container.get("command")
         args = container.get("args") or []
         # Without `command`, the image's ENTRYPOINT runs: ["grlo"] (deploy/Dockerfile).
@@ -318,12 +354,15 @@ def main() -> int:
     if args.verbose:
         for line in checker.checked:
             print(f"ok  {line}")
+        for line in checker.engines:
+            print(f"not grlo (deploy/check_engine.py)  {line}")
     if checker.problems:
         for line in checker.problems:
             print(f"FAIL {line}", file=sys.stderr)
         print(f"check_flags: {len(checker.problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"check_flags: {len(checker.checked)} containers in {len(args.files)} file(s) use only flags and GRLO_* variables that grlo accepts")
+    engines = f" ({len(checker.engines)} inference-engine containers left to check_engine.py)" if checker.engines else ""
+    print(f"check_flags: {len(checker.checked)} containers in {len(args.files)} file(s) use only flags and GRLO_* variables that grlo accepts{engines}")
     return 0
 
 

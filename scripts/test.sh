@@ -8,7 +8,9 @@
 # What it installs (each step is a no-op when the thing is already there):
 #   - moto's S3 server (`moto[server]` from PyPI), for model/tests/weights_store.rs;
 #   - headless Chromium (Debian's `chromium`), for tests/dashboard.rs; skipped when $CHROMIUM
-#     names a browser or one is on PATH.
+#     names a browser or one is on PATH;
+#   - the official `openai` Python client (PyPI) in a venv at target/test-venv, for
+#     tests/serve_openai.rs (which finds it there, or at $GRLO_TEST_PYTHON).
 # Works as root or as a user: apt-get runs through sudo only when not root and sudo exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,17 @@ if [ -n "${CHROMIUM:-}" ]; then
 elif ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     echo "== installing headless Chromium, for tests/dashboard.rs"
     apt_install chromium
+fi
+
+if [ -z "${GRLO_TEST_PYTHON:-}" ]; then
+    venv=target/test-venv
+    if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+        echo "== installing the openai Python client into $venv, for tests/serve_openai.rs"
+        mkdir -p target
+        python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+        "$venv/bin/python" -m pip install --quiet openai
+    fi
+    export GRLO_TEST_PYTHON="$PWD/$venv/bin/python"
 fi
 
 echo "== cargo test --release --workspace $*"

@@ -46,6 +46,8 @@ enum Command {
     Learner(cli::roles::LearnerArgs),
     /// Generate rollouts for the coordinator's jobs.
     Actor(cli::roles::ActorArgs),
+    /// Serve a checkpoint over an OpenAI-compatible HTTP API (completions, chat, streaming).
+    Serve(cli::serve::ServeArgs),
     /// Administer a running coordinator: jobs, workers, budgets.
     Ctl(cli::ctl::CtlArgs),
 }
@@ -55,6 +57,9 @@ enum BenchCommand {
     /// Prefill, decode and forward+backward tokens/s of the model core (and long-context
     /// training with peak memory, --long-context).
     Model(cli::bench::BenchModelArgs),
+    /// Rollout throughput of the built-in engine (continuous and static batching) beside
+    /// transformers' generate on the same requests, and the decode step against the memory floor.
+    Rollout(cli::bench_rollout::BenchRolloutArgs),
     /// Rollout throughput of the distributed service beside one process, and weight-sync time.
     Service(cli::bench_service::BenchServiceArgs),
     /// One PPO + GAE learner step at a model shape and sequence length: time, tokens/s, MFU and
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
             | Command::Coordinator(_)
             | Command::Learner(_)
             | Command::Actor(_)
+            | Command::Serve(_)
     );
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -108,6 +114,9 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::TrainStep(args)) => {
             cli::bench_step::run(args).and_then(print_line)
         }
+        Command::Bench(BenchCommand::Rollout(args)) => {
+            cli::bench_rollout::run(args).and_then(print_line)
+        }
         Command::Bench(BenchCommand::Service(args)) => {
             cli::bench_service::run(args).and_then(print_line)
         }
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => cli::roles::coordinator(args).and_then(print_line),
         Command::Learner(args) => cli::roles::learner(args).and_then(print_line),
         Command::Actor(args) => cli::roles::actor(args).and_then(print_line),
+        Command::Serve(args) => cli::serve::run(args).and_then(print_line),
         Command::Ctl(args) => cli::ctl::run(args).and_then(print_line),
     };
     match result {

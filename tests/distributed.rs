@@ -108,6 +108,57 @@ fn a_tiny_job_across_processes_equals_the_single_process_run() {
 }
 
 #[test]
+fn a_job_generates_on_grlo_serve_and_outlives_a_dead_endpoint() {
+    let _one = exclusive();
+    let steps = 6;
+    let mut cluster = Cluster::start_all(200, 60_000, 1);
+    let policy = root().join("configs/tiny/policy");
+    let ports = [cluster::free_port(), cluster::free_port()];
+    cluster.start_serve("serve1", ports[0], &policy);
+    cluster.start_serve("serve2", ports[1], &policy);
+    let endpoints = format!(
+        "rollout.endpoints=[\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
+        ports[0], ports[1]
+    );
+    let job = cluster.submit_tiny(&[
+        &format!("trainer.total_steps={steps}"),
+        "rollout.engine=\"openai\"",
+        &endpoints,
+        "rollout.max_in_flight=8",
+    ]);
+    // One endpoint dies mid-job: the actor's requests go to the other.
+    cluster.wait_until(JOB_TIMEOUT, "step 2", || {
+        let status = cluster.ctl(&["job", "get", &job]);
+        (status["step"].as_u64().unwrap_or(0) >= 2).then_some(())
+    });
+    cluster.kill("serve1");
+    let done = cluster.wait_for_status(&job, &["succeeded", "failed"], JOB_TIMEOUT);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["step"], steps);
+    cluster.assert_each_prompt_used_once(&job, steps, 32);
+
+    // The actor generated nothing itself: every version reached the live engine by a reload,
+    // and its completions carried the trajectories.
+    let log = std::fs::read_to_string(cluster.path("a1.log")).unwrap();
+    assert!(log.contains("engine reloaded"), "{log}");
+    let (_, _, metrics) = cluster::http_get(ports[1], "/metrics", None);
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count("grlo_serve_reloads_total{outcome=\"ok\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        count("grlo_serve_generated_tokens_total") > 0.0,
+        "{metrics}"
+    );
+}
+
+#[test]
 fn async_mode_overlaps_generation_with_training_within_the_staleness_bound() {
     let _one = exclusive();
     let steps = 8;

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 mod engine;
+pub mod openai;
+pub mod serve;
 pub mod telemetry;
 
 use engine::{LoadedPolicy, load_policy};
@@ -249,7 +251,7 @@ async fn work_on(
         *policy = Some(loaded);
     }
     let loaded = policy.take().expect("loaded above");
-    let sampling = task.sampling.unwrap_or_default();
+    let sampling = task.sampling.clone().unwrap_or_default();
     let params = RolloutParams {
         sampling: SamplingParams {
             greedy: false,
@@ -276,8 +278,14 @@ async fn work_on(
         .collect();
     let version = task.weight_version;
     let started = Instant::now();
+    let left = deadline
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+    let until = started + Duration::from_millis(left.max(0) as u64);
     let (loaded, generated) = tokio::task::spawn_blocking(move || {
-        let generated = loaded.generator.rollout(&tasks, &params, version);
+        let generated = loaded.generator.rollout(&tasks, &params, version, until);
         (loaded, generated)
     })
     .await?;

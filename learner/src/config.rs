@@ -171,6 +171,33 @@ pub struct RolloutSection {
     /// Most KV-cache positions an actor holds: running rows × the longest row's prompt plus
     /// `data.max_response_length`; 0 leaves only `max_batch_rows` as the bound.
     pub max_cache_tokens: usize,
+    /// What generates: the actor's built-in engine, or OpenAI-compatible servers (vLLM,
+    /// SGLang, `grlo serve`) at `endpoints`.
+    pub engine: RolloutEngine,
+    /// With `engine = "openai"`: the actor's engines, e.g. `["http://127.0.0.1:30000"]`. Each
+    /// new weight version reaches them through SGLang's `POST /update_weights_from_disk`.
+    pub endpoints: Vec<String>,
+    /// With `engine = "openai"`: most requests (one prompt, `n` samples each) an actor has in
+    /// flight across its endpoints.
+    pub max_in_flight: usize,
+}
+
+/// `rollout.engine`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutEngine {
+    #[default]
+    Builtin,
+    Openai,
+}
+
+impl RolloutEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutEngine::Builtin => "builtin",
+            RolloutEngine::Openai => "openai",
+        }
+    }
 }
 
 impl Default for RolloutSection {
@@ -183,6 +210,9 @@ impl Default for RolloutSection {
             top_k: 0,
             max_batch_rows: 256,
             max_cache_tokens: 0,
+            engine: RolloutEngine::Builtin,
+            endpoints: Vec::new(),
+            max_in_flight: 64,
         }
     }
 }
@@ -643,6 +673,34 @@ impl TrainConfig {
             r.max_batch_rows > 0,
             "rollout.max_batch_rows must be positive",
         );
+        match r.engine {
+            RolloutEngine::Builtin => check(
+                &mut problems,
+                r.endpoints.is_empty(),
+                "rollout.endpoints is set but rollout.engine = \"builtin\" does not use it \
+                 (set rollout.engine = \"openai\")",
+            ),
+            RolloutEngine::Openai => {
+                check(
+                    &mut problems,
+                    !r.endpoints.is_empty(),
+                    "rollout.engine = \"openai\" needs rollout.endpoints (e.g. \
+                     [\"http://127.0.0.1:30000\"])",
+                );
+                for endpoint in &r.endpoints {
+                    check(
+                        &mut problems,
+                        endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+                        &format!("rollout.endpoints: {endpoint:?} is not an http(s):// URL"),
+                    );
+                }
+                check(
+                    &mut problems,
+                    r.max_in_flight > 0,
+                    "rollout.max_in_flight must be positive",
+                );
+            }
+        }
         check(
             &mut problems,
             a.ppo_mini_batch_size > 0,
@@ -853,6 +911,34 @@ mod tests {
         assert_eq!(c.actor.clip_ratio_c, 3.0);
         assert_eq!(c.rollout.batch_size, 1024);
         assert!(c.uses_critic() && !c.uses_reference());
+    }
+
+    #[test]
+    fn the_rollout_engine_and_its_endpoints_go_together() {
+        let parse = |rollout: &str| {
+            let text = format!("{MINIMAL}\n[rollout]\n{rollout}\n");
+            TrainConfig::from_toml(&text, "x.toml", Path::new("."))
+        };
+        let ok = parse("engine = \"openai\"\nendpoints = [\"http://127.0.0.1:30000\"]").unwrap();
+        assert_eq!(ok.rollout.engine, RolloutEngine::Openai);
+        assert_eq!(ok.rollout.max_in_flight, 64);
+        assert_eq!(parse("").unwrap().rollout.engine, RolloutEngine::Builtin);
+        for (rollout, expected) in [
+            ("engine = \"openai\"", "needs rollout.endpoints"),
+            ("endpoints = [\"http://a:1\"]", "does not use it"),
+            (
+                "engine = \"openai\"\nendpoints = [\"a:1\"]",
+                "not an http(s):// URL",
+            ),
+            (
+                "engine = \"openai\"\nendpoints = [\"http://a:1\"]\nmax_in_flight = 0",
+                "rollout.max_in_flight",
+            ),
+            ("engine = \"vllm\"", "engine"),
+        ] {
+            let err = parse(rollout).unwrap_err().to_string();
+            assert!(err.contains(expected), "{rollout}: {err}");
+        }
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn rollout<B: ModelBackend>(
         max_new_tokens: params.max_new_tokens,
         n: params.n,
         stop_token_ids: params.stop_token_ids.clone(),
+        top_logprobs: 0,
     };
     let limits = EngineLimits {
         max_batch_rows: params.max_batch_rows.max(params.n),

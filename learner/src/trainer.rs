@@ -400,6 +400,14 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
 
     /// One full step: generate, score, train; appends a line to `metrics.jsonl`.
     pub fn step(&mut self) -> Result<StepMetrics> {
+        let engine = self.learner.config.rollout.engine;
+        if engine != crate::config::RolloutEngine::Builtin {
+            return Err(LearnerError::Invalid(format!(
+                "rollout.engine = \"{}\" runs on actors (grlo train, or a coordinator's job); \
+                 Trainer::step generates in process with the built-in engine",
+                engine.name()
+            )));
+        }
         let step_start = Instant::now();
         let (tasks, epoch) = self.next_tasks();
 

@@ -20,6 +20,9 @@ pub struct GenerationParams {
     pub n: usize,
     /// Tokens that end a completion (the stop token is kept as its last token).
     pub stop_token_ids: Vec<u32>,
+    /// Also report the `top_logprobs` most likely tokens at each position, with their raw
+    /// log-probabilities (0: none; costs one more device read per step when set).
+    pub top_logprobs: usize,
 }
 
 /// Why a completion ended.

@@ -33,6 +33,7 @@ fn seconds_per_step(model: &Model<Cpu>, position: usize, steps: usize) -> f64 {
                 max_new_tokens: steps + 2,
                 n: 1,
                 stop_token_ids: vec![],
+                top_logprobs: 0,
             },
             seed: 0,
         })

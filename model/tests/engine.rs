@@ -30,6 +30,7 @@ fn params(sampling: SamplingParams, max_new_tokens: usize, n: usize) -> Generati
         n,
         // Tokens some rows produce early, so rows finish at different steps.
         stop_token_ids: vec![917, 2],
+        top_logprobs: 0,
     }
 }
 

@@ -16,6 +16,7 @@ fn greedy(max_new_tokens: usize, stop_token_ids: Vec<u32>) -> GenerationParams {
         max_new_tokens,
         n: 1,
         stop_token_ids,
+        top_logprobs: 0,
     }
 }
 
@@ -156,6 +157,7 @@ fn check_sampled_generation(top_p: f32, top_k: usize) {
         },
         max_new_tokens: 16,
         n: 3,
+        top_logprobs: 0,
         stop_token_ids: vec![2],
     };
     let seeds = [11, 22, 33, 44];

@@ -60,7 +60,7 @@ impl Secret {
     }
 
     /// Compares in time that depends only on the lengths, not on where the tokens differ.
-    fn matches(&self, offered: &str) -> bool {
+    pub fn matches(&self, offered: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), offered.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
@@ -449,6 +449,13 @@ impl ClientSecurity {
             tls: tls.client()?,
             credentials: Credentials { header },
         })
+    }
+
+    /// The `authorization` value it sends (`Bearer <token>`), for HTTP peers; `None` without
+    /// a token.
+    pub fn authorization(&self) -> Option<String> {
+        let header = self.credentials.header.as_ref()?;
+        header.to_str().ok().map(String::from)
     }
 
     pub fn uses_tls(&self) -> bool {

@@ -365,6 +365,7 @@ impl OnBackend for GrloSide {
                     max_new_tokens: w.steps + 1,
                     n: 1,
                     stop_token_ids: Vec::new(),
+                    top_logprobs: 0,
                 };
                 let total = median_seconds::<B>(&device, self.rounds, || {
                     grlo_model::generate(&model, &prompts, &params).expect("valid prompts");

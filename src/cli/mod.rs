@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_long;
 pub mod bench_parity;
+pub mod bench_rollout;
 pub mod bench_service;
 pub mod bench_step;
 pub mod ctl;
@@ -13,5 +14,6 @@ pub mod reward_server;
 pub mod rm;
 pub mod roles;
 pub mod security;
+pub mod serve;
 pub mod settings;
 pub mod train;

@@ -185,6 +185,7 @@ impl OnBackend for GenerateArgs {
             max_new_tokens: self.max_new_tokens,
             n: self.n,
             stop_token_ids: pretrained.stop_token_ids()?,
+            top_logprobs: 0,
         };
         let completions = grlo_model::generate(
             &pretrained.model,

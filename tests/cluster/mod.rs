@@ -177,6 +177,35 @@ impl Cluster {
         self.children.insert(name.to_string(), child);
     }
 
+    /// `grlo serve` of `model` on `port`, named `name` (logging to `<name>.log`).
+    pub fn start_serve(&mut self, name: &str, port: u16, model: &Path) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .expect("a log file");
+        let child = grlo()
+            .args(["serve", "--model"])
+            .arg(model)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("grlo serve starts");
+        self.children.insert(name.to_string(), child);
+        let started = Instant::now();
+        let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !listening() || http_get(port, "/health", None).0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name} never became healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: the process dies on the spot.
     pub fn kill(&mut self, name: &str) {
         let mut child = self.children.remove(name).expect("a running role");

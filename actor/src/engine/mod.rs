@@ -1,7 +1,12 @@
 //! The actor's generation engines: what turns a rollout task's prompts into trajectories with
-//! one weight version. Today the built-in engine ([`grlo_model::engine`], continuous batching
-//! on the actor's own device); the task loop in `lib.rs` only loads a version and calls
+//! one weight version. The task loop in `lib.rs` only loads a version and calls
 //! [`Generate::rollout`].
+//!
+//! - `rollout.engine = "builtin"`: [`grlo_model::engine`] (continuous batching) on the
+//!   actor's own device.
+//! - `rollout.engine = "openai"`: [`openai`], OpenAI-compatible servers over HTTP.
+
+mod openai;
 
 use std::time::Instant;
 
@@ -23,11 +28,13 @@ pub(crate) struct LoadedPolicy {
 
 /// Generation on whichever backend the policy was loaded on.
 pub(crate) trait Generate: Send {
+    /// `n` samples of every task, in task order; gives up at `deadline` (the task's lease).
     fn rollout(
         &self,
         tasks: &[PromptTask],
         params: &RolloutParams,
         version: u64,
+        deadline: Instant,
     ) -> grlo_learner::Result<Vec<Trajectory>>;
 }
 
@@ -41,6 +48,7 @@ impl<B: ModelBackend> Generate for OnBackend<B> {
         tasks: &[PromptTask],
         params: &RolloutParams,
         version: u64,
+        _deadline: Instant,
     ) -> grlo_learner::Result<Vec<Trajectory>> {
         rollout(&self.model, tasks, params, version)
     }
@@ -66,7 +74,24 @@ pub(crate) fn load_policy(
         },
     )?;
     let location = dir.display().to_string();
+    let sampling = task.sampling.clone().unwrap_or_default();
     let (generator, tokenizer): (Box<dyn Generate>, Tokenizer) = match config.device.as_str() {
+        _ if sampling.engine == "openai" => {
+            // The servers read the checkpoint from this directory (a volume they share).
+            let path = std::fs::canonicalize(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let engine = openai::HttpEngine::new(
+                &sampling.endpoints,
+                path.display().to_string(),
+                task.weight_version,
+                match sampling.max_in_flight {
+                    0 => 64,
+                    n => n as usize,
+                },
+                config.client.authorization(),
+            )?;
+            (Box::new(engine), Tokenizer::from_dir(&dir)?)
+        }
         "cpu" => {
             let pretrained =
                 Pretrained::<grlo_model::backend::Cpu>::load(&location, &Default::default())?;

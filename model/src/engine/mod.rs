@@ -30,7 +30,7 @@ use crate::model::{KvCache, Model, TokenBatch};
 use crate::sampling::{Choice, SamplingParams, choose_rows};
 
 /// How much the engine runs at once.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EngineLimits {
     /// Most rows (samples) decoded together.
     pub max_batch_rows: usize,
@@ -73,6 +73,9 @@ pub struct TokenEvent {
     pub choice: Choice,
     /// Set when this token ends the sample.
     pub finished: Option<FinishReason>,
+    /// The most likely tokens and their raw log-probabilities, most likely first, when the
+    /// request asks for `top_logprobs`.
+    pub top_logprobs: Vec<(u32, f32)>,
 }
 
 /// What one step produced: a token for every running row, and the samples that ended.
@@ -222,6 +225,13 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         self.rows.len()
     }
 
+    /// Whether request `id` has samples waiting, running or about to be reported.
+    pub fn has_request(&self, id: RequestId) -> bool {
+        self.waiting.iter().any(|w| w.id == id)
+            || self.rows.iter().any(|r| r.request == id)
+            || self.ready.iter().any(|c| c.prompt_index == id)
+    }
+
     /// Requests waiting for rows.
     pub fn waiting_requests(&self) -> usize {
         self.waiting.len()
@@ -247,6 +257,20 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         self.logits = logits;
     }
 
+    /// Ends one sample of a request now, as if it had produced a stop token (a stop string the
+    /// caller found in its text); returns what it generated. `None` if it is not running.
+    pub fn finish_sample(&mut self, id: RequestId, sample: usize) -> Option<Completion> {
+        let r = self
+            .rows
+            .iter()
+            .position(|row| row.request == id && row.completion.sample_index == sample)?;
+        let logits = self.logits.take().map(|l| self.keep_rows(l, &[r]));
+        let mut completion = self.remove_rows(&[r]).pop().expect("one row removed");
+        self.logits = logits;
+        completion.finish_reason = FinishReason::Stop;
+        Some(completion)
+    }
+
     /// Admits what fits, then chooses one token for every running row and decodes the rows
     /// that go on.
     pub fn step(&mut self) -> Result<StepOutput> {
@@ -258,7 +282,7 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         let Some(logits) = self.logits.take() else {
             return Ok(out);
         };
-        let choices = self.choose(logits);
+        let (choices, mut tops) = self.choose(logits);
         let mut done = Vec::new();
         for (r, choice) in choices.into_iter().enumerate() {
             let row = &mut self.rows[r];
@@ -282,6 +306,7 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
                 sample: c.sample_index,
                 choice,
                 finished,
+                top_logprobs: std::mem::take(&mut tops[r]),
             });
         }
         self.stats.generated_tokens += out.tokens.len();
@@ -387,8 +412,9 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         });
     }
 
-    /// One token per row: rows with the same sampling parameters are chosen together.
-    fn choose(&mut self, logits: Tensor<B, 2>) -> Vec<Choice> {
+    /// One token per row (rows with the same sampling parameters are chosen together), and
+    /// each row's most likely tokens when its request asks for them.
+    fn choose(&mut self, logits: Tensor<B, 2>) -> (Vec<Choice>, Vec<Vec<(u32, f32)>>) {
         let mut groups: Vec<(Arc<GenerationParams>, Vec<usize>)> = Vec::new();
         for (r, row) in self.rows.iter().enumerate() {
             match groups
@@ -401,6 +427,7 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
         }
         let device = logits.device();
         let mut choices = vec![None; self.rows.len()];
+        let mut tops = vec![Vec::new(); self.rows.len()];
         let single = groups.len() == 1;
         for (params, members) in groups {
             let part = if single {
@@ -410,6 +437,12 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
                     .clone()
                     .select(0, index_tensor::<B>(&members, &device))
             };
+            let k = members
+                .iter()
+                .map(|&r| self.rows[r].params.top_logprobs)
+                .max()
+                .unwrap_or(0);
+            let top = (k > 0).then(|| top_logprobs(part.clone(), k));
             let sampling: &SamplingParams = &params.sampling;
             let mut rngs: Vec<&mut ChaCha8Rng> = self
                 .rows
@@ -421,11 +454,18 @@ impl<'m, B: ModelBackend> Engine<'m, B> {
             for (&r, choice) in members.iter().zip(choose_rows(part, sampling, &mut rngs)) {
                 choices[r] = Some(choice);
             }
+            if let Some(top) = top {
+                for (&r, mut row) in members.iter().zip(top) {
+                    row.truncate(self.rows[r].params.top_logprobs);
+                    tops[r] = row;
+                }
+            }
         }
-        choices
+        let choices = choices
             .into_iter()
             .map(|c| c.expect("every row chosen"))
-            .collect()
+            .collect();
+        (choices, tops)
     }
 
     /// `logits` without the rows `gone` (sorted), in the order [`Engine::remove_rows`] leaves
@@ -472,6 +512,23 @@ fn empty_completion(request: RequestId, sample: usize) -> Completion {
         sampling_logprobs: Vec::new(),
         finish_reason: FinishReason::Length,
     }
+}
+
+/// The `k` largest log-probabilities of each row of `logits` (`[rows, vocab]`), most likely
+/// first, read back in one transfer.
+fn top_logprobs<B: ModelBackend>(logits: Tensor<B, 2>, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let [rows, vocab] = logits.dims();
+    let k = k.min(vocab);
+    let logprobs = burn::tensor::activation::log_softmax(logits, 1);
+    let (values, indices) = logprobs.topk_with_indices(k, 1); // [rows, k] each
+    let packed = Tensor::cat(vec![values, indices.float()], 1); // [rows, 2k]
+    let flat = crate::model::to_f32_vec(packed);
+    (0..rows)
+        .map(|r| {
+            let row = &flat[r * 2 * k..(r + 1) * 2 * k];
+            (0..k).map(|j| (row[k + j] as u32, row[j])).collect()
+        })
+        .collect()
 }
 
 fn index_tensor<B: ModelBackend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
