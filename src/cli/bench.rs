@@ -139,18 +139,22 @@ fn plan(large: bool, quick: bool, decode_batches: &[usize]) -> Vec<Workload> {
     plan
 }
 
-pub fn run(args: BenchModelArgs) -> anyhow::Result<String> {
-    if args.threads > 0 {
+/// Sets the CPU thread count a benchmark asked for (0: all cores); returns the count in use.
+/// Call before any thread pool starts.
+pub fn use_threads(threads: usize) -> usize {
+    if threads > 0 {
         // SAFETY: set before any worker thread pool starts.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
-    }
-    let threads = if args.threads > 0 {
-        args.threads
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+        threads
     } else {
         std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1)
-    };
+    }
+}
+
+pub fn run(args: BenchModelArgs) -> anyhow::Result<String> {
+    let threads = use_threads(args.threads);
     // Every config and long-context length is checked before anything runs.
     let mut configs = Vec::new();
     for name in &args.configs {

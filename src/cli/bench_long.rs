@@ -185,7 +185,8 @@ fn run_worker(
     serde_json::from_slice(&output.stdout).context("the worker printed no JSON")
 }
 
-fn last_line(bytes: &[u8]) -> String {
+/// The last non-empty line a process printed (its error, for a message).
+pub fn last_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .lines()
         .rev()

@@ -40,6 +40,7 @@ use grlo_model::{
 use serde::{Deserialize, Serialize};
 
 use super::bench::bench_config;
+use super::bench_long::last_line;
 use crate::device::{DeviceArg, OnBackend, dispatch};
 
 /// The tiny checkpoint `--config tiny` loads.
@@ -486,17 +487,7 @@ fn repo_path(path: &Path) -> PathBuf {
 }
 
 pub fn run(args: BenchRolloutArgs) -> anyhow::Result<String> {
-    if args.threads > 0 {
-        // SAFETY: set before any worker thread pool starts.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
-    }
-    let threads = if args.threads > 0 {
-        args.threads
-    } else {
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
-    };
+    let threads = crate::cli::bench::use_threads(args.threads);
     if args.batch.is_empty() || args.batch.contains(&0) {
         bail!("--batch needs row counts above 0");
     }
@@ -731,15 +722,6 @@ fn check_peer(python: &str) -> anyhow::Result<String> {
         );
     }
     Ok(python.to_string())
-}
-
-fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .to_string()
 }
 
 /// Runs `bench/peer_rollout.py` over every batch size's requests; its runs by batch size.

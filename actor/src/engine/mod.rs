@@ -54,6 +54,16 @@ impl<B: ModelBackend> Generate for OnBackend<B> {
     }
 }
 
+/// The CUDA device `cuda` or `cuda:N` names (N defaults to 0).
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_device(name: &str) -> burn::backend::cuda::CudaDevice {
+    let index = name
+        .strip_prefix("cuda:")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    burn::backend::cuda::CudaDevice::new(index)
+}
+
 /// Downloads (verified) and loads a weight version.
 pub(crate) fn load_policy(
     config: &ActorConfig,
@@ -105,11 +115,7 @@ pub(crate) fn load_policy(
         }
         #[cfg(feature = "cuda")]
         device if device.starts_with("cuda") => {
-            let index = device
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0);
-            let device = burn::backend::cuda::CudaDevice::new(index);
+            let device = cuda_device(device);
             let pretrained = Pretrained::<grlo_model::backend::Cuda>::load(&location, &device)?;
             let tokenizer = pretrained.tokenizer()?.clone();
             (

@@ -594,7 +594,8 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", listener.local_addr().unwrap())
         };
-        let engine = HttpEngine::new(&[dead.clone()], "/w/v1".into(), 1, 4, None).unwrap();
+        let engine =
+            HttpEngine::new(std::slice::from_ref(&dead), "/w/v1".into(), 1, 4, None).unwrap();
         let err = tokio::task::spawn_blocking(move || {
             engine.rollout(
                 &tasks(2),

@@ -199,11 +199,7 @@ fn start_engine(
         }
         #[cfg(feature = "cuda")]
         device if device.starts_with("cuda") => {
-            let index = device
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0);
-            let device = burn::backend::cuda::CudaDevice::new(index);
+            let device = crate::engine::cuda_device(device);
             spawn_engine::<grlo_model::backend::Cuda>(config, device, receiver, gauges)
         }
         other => anyhow::bail!("device {other} is not available in this build"),
