@@ -18,15 +18,16 @@
 #   block-wise attention against the CPU, 4 lengths                 ~0.3 min
 #   the tiny job, 5 steps                                           ~1 min
 #   throughput, qwen3-25m and qwen3-0.6b, both sides, 2 rounds      ~2 min
+#   rollout, qwen3-0.6b, sampled at t=1, batch 8/32/128, both sides ~2 min
 #   long context, qwen3-25m, 4 lengths x 2 sides, a process each    ~1 min
 #   long context, qwen3-0.6b, 4 lengths x 2 sides, a process each   ~2.5 min (0.6B random init
 #                                                                    and t=4096 steps of ~1 s)
 #   PPO step, Qwen3-4B shape, bf16, checkpointing, 4096 tokens      ~1.5 min (4B random init
 #                                                                    on the host, 2 steps)
 #   PPO step, Qwen3-1.7B policy + critic on one GPU                 ~1 min
-#   total                                                           ~10 min
+#   total                                                           ~12 min
 # Run only some sections with SECTIONS="attention ppo" (names: parity attention tiny throughput
-# long ppo); the device time of a lent GPU is short.
+# rollout long ppo); the device time of a lent GPU is short.
 # The caps below (`timeout`) bound a hung section, not the estimate.
 #
 # Burn's CUDA backend loads the driver and NVRTC at run time; NVRTC is looked up in the CUDA
@@ -64,7 +65,7 @@ section() {
   echo "-- ${title}: $((SECONDS - start)) s"
 }
 
-SECTIONS=${SECTIONS:-parity attention tiny throughput long ppo}
+SECTIONS=${SECTIONS:-parity attention tiny throughput rollout long ppo}
 wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 wanted parity && section 180 "parity: cuda against cpu" python3 scripts/gpu_parity.py --grlo "$GRLO"
@@ -82,6 +83,13 @@ wanted tiny && section 180 "the tiny training job on the GPU (5 steps)" bash -c 
 wanted throughput && section 300 "throughput on the GPU, beside transformers on the same GPU" \
   "$GRLO" bench model --device cuda --configs qwen3-25m,qwen3-0.6b --rounds 2 \
   --decode-batches 1,8,32,128
+
+# Rollouts as an actor runs them: sampled at temperature 1.0 (the paper's setting, through the
+# device sampler), the engine with and without continuous batching beside transformers'
+# static-cache generate on the same requests, and the decode step against the memory floor
+# (goal: within 2x of it at batch 128).
+wanted rollout && section 300 "rollout throughput, qwen3-0.6b, beside transformers" \
+  "$GRLO" bench rollout --device cuda --config qwen3-0.6b --batch 8,32,128
 
 # Long-context training: a forward+backward pass (next-token cross-entropy) over one sequence,
 # batch 1, beside PyTorch sdpa; tokens/s and peak memory growth over the loaded model (grlo: the
