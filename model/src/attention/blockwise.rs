@@ -182,7 +182,7 @@ fn block_scores<B: Backend>(
     let [batch, kv, rows, _] = q_block.dims();
     let scores = to_f32(q_block.clone().matmul(k_block.swap_dims(2, 3))).mul_scalar(spec.scale); // [b, kv, rows, kb]
     let scores = match spec.bias::<B>(queries, keys, &q_block.device()) {
-        Some(bias) => scores.reshape([batch, kv, rows * keys.len()]).add(bias), // bias [1|b, 1, rows * kb]
+        Some(bias) => scores.reshape([batch, kv, rows * keys.len()]).add(bias), // bias [1, 1 | b, kv, rows * kb]
         None => scores.reshape([batch, kv, rows * keys.len()]),
     };
     scores.reshape([batch * kv * rows, keys.len()])

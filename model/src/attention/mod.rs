@@ -186,11 +186,7 @@ impl AttentionSpec {
     /// Elements of every block bias of one whole pass (each visible block that hides
     /// something has one).
     fn all_bias_elements(&self) -> usize {
-        let rows = if self.uniform_windows() {
-            1
-        } else {
-            self.batch
-        };
+        let rows = self.bias_rows(true);
         let keys = self.key_blocks();
         self.query_blocks()
             .iter()
@@ -213,17 +209,25 @@ impl AttentionSpec {
         if self.caches_biases() {
             return self.all_bias_elements();
         }
-        let rows = if self.uniform_windows() {
-            1
-        } else {
-            self.batch
-        };
-        self.query_block * self.groups * self.key_block * rows
+        self.query_block * self.groups * self.key_block * self.bias_rows(false)
     }
 
-    /// The additive bias of a block, `[rows, 1, queries * groups * keys]` in f32 with `rows` 1
-    /// when every row has the same window (else `batch`): 0 where a query sees a key, [`MASKED`]
-    /// elsewhere; `None` when the block hides nothing. Built on the device from the rows' key
+    /// The slabs of a block bias (see [`AttentionSpec::bias`]): one when every row has the
+    /// same window, else one per row, and per row and key/value head for a bias kept for the
+    /// whole pass.
+    fn bias_rows(&self, kept: bool) -> usize {
+        match (self.uniform_windows(), kept) {
+            (true, _) => 1,
+            (false, true) => self.batch * self.kv_heads,
+            (false, false) => self.batch,
+        }
+    }
+
+    /// The additive bias of a block in f32: `[1, 1, queries * groups * keys]` when every row
+    /// has the same window, else `[batch, 1, ...]`, or `[batch, kv_heads, ...]` (the scores'
+    /// own shape) when the pass keeps its biases: small, and built once for every layer, where
+    /// adding a bias broadcast over the middle dimension takes the CPU backend's strided path,
+    /// ten times slower than a contiguous add. 0 where a query sees a key, [`MASKED`] elsewhere; `None` when the block hides nothing. Built on the device from the rows' key
     /// windows (only those cross from the host), once per pass and backend when
     /// [`AttentionSpec::caches_biases`].
     pub fn bias<B: Backend>(
@@ -294,9 +298,14 @@ impl AttentionSpec {
             .bool_and(key_position.clone().greater_equal(starts))
             .bool_and(key_position.lower(ends)); // [rows, q_rows, k_len]
         let options = TensorCreationOptions::new(device.clone()).with_dtype(DType::F32);
-        Tensor::<B, 3>::full(shape, MASKED, options)
+        let bias = Tensor::<B, 3>::full(shape, MASKED, options)
             .mask_fill(seen, 0.0)
-            .reshape([rows, 1, q_rows * k_len])
+            .reshape([rows, 1, q_rows * k_len]);
+        if rows > 1 && self.kv_heads > 1 && self.caches_biases() {
+            bias.repeat_dim(1, self.kv_heads)
+        } else {
+            bias
+        }
     }
 }
 
@@ -350,15 +359,20 @@ mod tests {
                     assert!(!spec.needs_mask(&queries, &keys));
                     continue;
                 };
+                // Kept for the pass, it has the scores' shape: a slab per row and kv head.
+                let slabs = bias.dims()[1];
+                assert_eq!(slabs, if spec.caches_biases() { 2 } else { 1 });
                 let values: Vec<f32> = bias.into_data().convert::<f32>().into_vec().unwrap();
                 let mut i = 0;
                 for row in 0..3 {
-                    for q in queries.clone() {
-                        for _ in 0..spec.groups {
-                            for k in keys.clone() {
-                                let expected = if spec.sees(row, q, k) { 0.0 } else { MASKED };
-                                assert_eq!(values[i], expected, "row {row} q {q} k {k}");
-                                i += 1;
+                    for _ in 0..slabs {
+                        for q in queries.clone() {
+                            for _ in 0..spec.groups {
+                                for k in keys.clone() {
+                                    let expected = if spec.sees(row, q, k) { 0.0 } else { MASKED };
+                                    assert_eq!(values[i], expected, "row {row} q {q} k {k}");
+                                    i += 1;
+                                }
                             }
                         }
                     }
