@@ -285,6 +285,24 @@ fn max_cache_tokens_caps_the_kv_cache() {
 }
 
 #[test]
+fn an_external_engine_takes_a_gpu_of_its_own() {
+    let mut config = paper_job();
+    config.rollout.engine = grlo_learner::config::RolloutEngine::Openai;
+    config.rollout.endpoints = vec!["http://127.0.0.1:30000".into()];
+    let plan = plan_of(&config, 4);
+    let actor = role(&plan, Role::Actor);
+    assert_eq!(actor.total, plan.usable_per_gpu);
+    assert!(actor.items.iter().all(|i| !i.what.starts_with("KV cache")));
+    assert!(
+        actor.items[0].what.contains("external engine"),
+        "{:?}",
+        actor.items
+    );
+    let builtin = plan_of(&paper_job(), 4);
+    assert!(role(&builtin, Role::Actor).total < builtin.usable_per_gpu);
+}
+
+#[test]
 fn reward_batch_tokens_size_the_scoring_batch() {
     let scoring = |tokens: usize| {
         let mut config = paper_job();

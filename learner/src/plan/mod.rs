@@ -19,7 +19,7 @@ use grlo_model::footprint::{self, Head, TrainingShape};
 use grlo_model::model::Precision;
 use grlo_model::{EngineLimits, ModelConfig};
 
-use crate::config::{PrecisionSetting, TrainConfig};
+use crate::config::{PrecisionSetting, RolloutEngine, TrainConfig};
 
 pub use report::render;
 
@@ -199,11 +199,14 @@ pub fn plan(
     if let Some(reward) = &models.reward {
         roles.push(job.reward_server(reward, config.reward.batch_tokens));
     }
-    roles.push(job.actor(
-        &models.policy,
-        config.rollout.max_batch_rows,
-        config.rollout.max_cache_tokens,
-    ));
+    roles.push(match config.rollout.engine {
+        RolloutEngine::Builtin => job.actor(
+            &models.policy,
+            config.rollout.max_batch_rows,
+            config.rollout.max_cache_tokens,
+        ),
+        RolloutEngine::Openai => external_engine(&models.policy, usable),
+    });
 
     let mut problems = Vec::new();
     for role in &roles {
@@ -611,6 +614,18 @@ fn first_halving_that_fits(
         }
     }
     None
+}
+
+/// An actor whose engine is an external server (`rollout.engine = "openai"`, e.g. an SGLang
+/// sidecar): the GPU is the engine's, which sizes its own memory (weights, KV cache) from a
+/// fraction of the whole, so the role takes a GPU of its own and grlo holds nothing on it.
+fn external_engine(model: &ModelConfig, usable: u64) -> RoleMemory {
+    let items = vec![item(
+        "the external engine's GPU (the engine sizes its own memory: SGLang's \
+         --mem-fraction-static)",
+        usable,
+    )];
+    memory(Role::Actor, footprint::parameters(model), items, Vec::new())
 }
 
 fn item(what: impl Into<String>, bytes: u64) -> Item {
