@@ -130,17 +130,11 @@ impl HttpEngine {
             "model_path": self.model_path,
             "weight_version": format!("v{}", self.version),
         });
-        let response = self
-            .request(self.client.post(&url).json(&body))
-            .send()
-            .await
-            .map_err(|e| CallError::retry(format!("{url}: {e}")))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let (status, text) = self.post_json(&url, &body).await?;
         let answer: Option<UpdateWeightsResponse> = serde_json::from_str(&text).ok();
         match answer {
             Some(a) if status.is_success() && a.success => {}
-            Some(a) if status.is_client_error() && status.as_u16() != 429 => {
+            Some(a) if refused(status) => {
                 return Err(CallError::fatal(format!(
                     "{url} could not load {}: {}",
                     self.model_path, a.message
@@ -255,6 +249,26 @@ impl HttpEngine {
         }
     }
 
+    /// POSTs `body` as JSON: the status and the answer's text. A refused connection or an
+    /// answer that breaks off may succeed on another try.
+    async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<(reqwest::StatusCode, String), CallError> {
+        let response = self
+            .request(self.client.post(url).json(body))
+            .send()
+            .await
+            .map_err(|e| CallError::retry(format!("{url}: {e}")))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| CallError::retry(format!("{url}: the answer broke off: {e}")))?;
+        Ok((status, text))
+    }
+
     /// One `/v1/completions` call.
     async fn complete(
         &self,
@@ -265,23 +279,13 @@ impl HttpEngine {
     ) -> Result<Vec<Trajectory>, CallError> {
         let url = format!("{}/v1/completions", endpoint.url);
         let body = completion_body(model, task, params);
-        let response = self
-            .request(self.client.post(&url).json(&body))
-            .send()
-            .await
-            .map_err(|e| CallError::retry(format!("{url}: {e}")))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| CallError::retry(format!("{url}: the answer broke off: {e}")))?;
+        let (status, text) = self.post_json(&url, &body).await?;
         if !status.is_success() {
             let message = format!(
                 "{url} answered {status}: {}",
                 text.chars().take(500).collect::<String>()
             );
-            // A refused request is refused anywhere; a busy or failing server is not.
-            return Err(if status.is_client_error() && status.as_u16() != 429 {
+            return Err(if refused(status) {
                 CallError::fatal(message)
             } else {
                 CallError::retry(message)
@@ -292,6 +296,12 @@ impl HttpEngine {
         trajectories(answer, task, params, self.version)
             .map_err(|e| CallError::retry(format!("{url}: {e}")))
     }
+}
+
+/// Whether a server refused the request itself (a 4xx other than 429): refused anywhere, where
+/// a busy or failing server is not.
+fn refused(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS
 }
 
 /// The request for one prompt's samples. `logprobs: 0` asks for the chosen tokens'

@@ -38,12 +38,8 @@ pub async fn completions(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let response = match completion_job(&shared, &headers, &body) {
-        Ok(job) => job.respond(shared.clone()).await,
-        Err(e) => e.into_response(),
-    };
-    shared.record("completions", response.status(), started);
-    response
+    let job = completion_job(&shared, &headers, &body);
+    answer(shared, "completions", started, job).await
 }
 
 pub async fn chat_completions(
@@ -52,11 +48,22 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let response = match chat_job(&shared, &headers, &body) {
+    let job = chat_job(&shared, &headers, &body);
+    answer(shared, "chat_completions", started, job).await
+}
+
+/// Runs a checked job (or answers why it was refused), counted under `route` from `started`.
+async fn answer(
+    shared: AppState,
+    route: &str,
+    started: Instant,
+    job: Result<Job, ApiError>,
+) -> Response {
+    let response = match job {
         Ok(job) => job.respond(shared.clone()).await,
         Err(e) => e.into_response(),
     };
-    shared.record("chat_completions", response.status(), started);
+    shared.record(route, response.status(), started);
     response
 }
 

@@ -109,8 +109,14 @@ fn serve_version<B: ModelBackend>(
             return None;
         }
     };
-    let mut requests: HashMap<Ticket, (RequestId, Events)> = HashMap::new();
-    let mut by_id: HashMap<RequestId, Ticket> = HashMap::new();
+    // The running requests by engine id; a ticket is found by a scan (cancels and stop
+    // strings are rare beside tokens).
+    let mut requests: HashMap<RequestId, (Ticket, Events)> = HashMap::new();
+    let id_of = |requests: &HashMap<RequestId, (Ticket, Events)>, ticket: Ticket| {
+        requests
+            .iter()
+            .find_map(|(&id, (t, _))| (*t == ticket).then_some(id))
+    };
     let mut reload: Option<(String, Reply)> = None;
     let mut pending: Vec<Command> = std::mem::take(queued);
     loop {
@@ -145,8 +151,7 @@ fn serve_version<B: ModelBackend>(
                     }
                     match engine.submit(request) {
                         Ok(id) => {
-                            requests.insert(ticket, (id, events));
-                            by_id.insert(id, ticket);
+                            requests.insert(id, (ticket, events));
                         }
                         Err(e) => {
                             let _ = events.send((ticket, Event::Rejected(e.to_string())));
@@ -154,11 +159,10 @@ fn serve_version<B: ModelBackend>(
                     }
                 }
                 Command::FinishSample { ticket, sample } => {
-                    if let Some(&(id, _)) = requests.get(&ticket) {
+                    if let Some(id) = id_of(&requests, ticket) {
                         let _ = engine.finish_sample(id, sample);
                         if !engine.has_request(id) {
-                            requests.remove(&ticket);
-                            by_id.remove(&id);
+                            requests.remove(&id);
                         }
                     }
                 }
@@ -166,9 +170,9 @@ fn serve_version<B: ModelBackend>(
                     queued.retain(
                         |c| !matches!(c, Command::Submit { ticket: t, .. } if *t == ticket),
                     );
-                    if let Some((id, _)) = requests.remove(&ticket) {
+                    if let Some(id) = id_of(&requests, ticket) {
                         engine.cancel(id);
-                        by_id.remove(&id);
+                        requests.remove(&id);
                     }
                 }
                 Command::Reload { location, reply } => {
@@ -188,30 +192,24 @@ fn serve_version<B: ModelBackend>(
                     .generated_tokens
                     .fetch_add(out.tokens.len(), Ordering::Relaxed);
                 for event in out.tokens {
-                    let Some(ticket) = by_id.get(&event.request) else {
-                        continue;
-                    };
-                    let (_, events) = &requests[ticket];
                     // A handler that is gone cancels its request; until then, send on.
-                    let _ = events.send((*ticket, Event::Token(event)));
+                    if let Some((ticket, events)) = requests.get(&event.request) {
+                        let _ = events.send((*ticket, Event::Token(event)));
+                    }
                 }
                 // Requests with every sample finished are forgotten.
                 for completion in out.finished {
                     let id = completion.prompt_index;
-                    if let Some(&ticket) = by_id.get(&id)
-                        && !engine.has_request(id)
-                    {
-                        requests.remove(&ticket);
-                        by_id.remove(&id);
+                    if !engine.has_request(id) {
+                        requests.remove(&id);
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "an engine step failed; its requests fail");
-                for (ticket, (_, events)) in requests.drain() {
+                for (_, (ticket, events)) in requests.drain() {
                     let _ = events.send((ticket, Event::Failed(e.to_string())));
                 }
-                by_id.clear();
                 engine = match Engine::new(model, limits) {
                     Ok(engine) => engine,
                     Err(_) => return None,
