@@ -10,7 +10,11 @@
 #   - headless Chromium (Debian's `chromium`), for tests/dashboard.rs; skipped when $CHROMIUM
 #     names a browser or one is on PATH;
 #   - the official `openai` Python client (PyPI) in a venv at target/test-venv, for
-#     tests/serve_openai.rs (which finds it there, or at $GRLO_TEST_PYTHON).
+#     tests/serve_openai.rs (which finds it there, or at $GRLO_TEST_PYTHON);
+#   - llama.cpp's `llama-server`, built from the source inside llama-cpp-python's sdist (PyPI,
+#     pinned by hash) with cmake and ninja from PyPI, into target/llama.cpp (about 20 minutes
+#     on 2 cores, once), and llama.cpp's `gguf` package into the venv, for the third-party
+#     engine test in tests/distributed.rs; skipped when $GRLO_LLAMA_SERVER names a server.
 # Works as root or as a user: apt-get runs through sudo only when not root and sudo exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +61,40 @@ if [ -z "${GRLO_TEST_PYTHON:-}" ]; then
         "$venv/bin/python" -m pip install --quiet openai
     fi
     export GRLO_TEST_PYTHON="$PWD/$venv/bin/python"
+fi
+
+# The llama.cpp source llama-cpp-python 0.3.36 vendors, in target/llama.cpp/src (once).
+llama=target/llama.cpp
+llama_source() {
+    local sdist=llama_cpp_python-0.3.36.tar.gz
+    local sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+    [ -f "$llama/src/CMakeLists.txt" ] && return
+    mkdir -p "$llama/src"
+    [ -f "$llama/$sdist" ] \
+        || "$GRLO_TEST_PYTHON" -m pip download --quiet --no-deps "llama-cpp-python==0.3.36" -d "$llama"
+    echo "$sha256  $llama/$sdist" | sha256sum -c --quiet
+    tar -xzf "$llama/$sdist" -C "$llama/src" --strip-components=3 \
+        llama_cpp_python-0.3.36/vendor/llama.cpp
+}
+
+if [ -z "${GRLO_LLAMA_SERVER:-}" ] && [ ! -x "$llama/bin/llama-server" ]; then
+    echo "== building llama.cpp's llama-server into $llama, for tests/distributed.rs (once)"
+    llama_source
+    "$GRLO_TEST_PYTHON" -m pip install --quiet cmake ninja
+    bin="$(dirname "$GRLO_TEST_PYTHON")"
+    { PATH="$bin:$PATH" cmake -S "$llama/src" -B "$llama/build" -G Ninja \
+        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=ON \
+        && PATH="$bin:$PATH" cmake --build "$llama/build" --target llama-server -j "$(nproc)"; } \
+        >"$llama/build.log" 2>&1 || { tail -n 40 "$llama/build.log"; exit 1; }
+    mkdir -p "$llama/bin"
+    cp "$llama/build/bin/llama-server" "$llama/bin/llama-server"
+fi
+if ! "$GRLO_TEST_PYTHON" -c 'import gguf' 2>/dev/null; then
+    echo "== installing llama.cpp's gguf package into the test venv, for tests/python/hf_to_gguf.py"
+    llama_source
+    "$GRLO_TEST_PYTHON" -m pip install --quiet "$llama/src/gguf-py"
 fi
 
 echo "== cargo test --release --workspace $*"

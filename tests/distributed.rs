@@ -158,6 +158,110 @@ fn a_job_generates_on_grlo_serve_and_outlives_a_dead_endpoint() {
     );
 }
 
+/// A third-party engine: llama.cpp's `llama-server` (built from source by `scripts/test.sh`)
+/// serving the tiny policy as GGUF. It has no route that loads new weights, so the job runs
+/// with `rollout.reload = "none"` (its responses come from the initial policy).
+#[test]
+fn a_job_generates_on_llama_cpp_server_and_outlives_a_dead_endpoint() {
+    let _one = exclusive();
+    let steps = 4;
+    let mut cluster = Cluster::start_all(200, 60_000, 1);
+    let gguf = cluster.path("policy.gguf");
+    let converted = std::process::Command::new(cluster::test_python())
+        .arg(root().join("tests/python/hf_to_gguf.py"))
+        .arg(root().join("configs/tiny/policy"))
+        .arg(&gguf)
+        .output()
+        .expect("the converter runs");
+    assert!(
+        converted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let ports = [cluster::free_port(), cluster::free_port()];
+    cluster.start_llama_server("llama1", ports[0], &gguf);
+    cluster.start_llama_server("llama2", ports[1], &gguf);
+
+    // Both engines serve the same model: greedy answers token for token, log-probabilities
+    // within f32 noise (llama.cpp's kernels against grlo's, on the converted weights).
+    let ours = cluster::free_port();
+    cluster.start_serve("ours", ours, &root().join("configs/tiny/policy"));
+    let request = serde_json::json!({
+        "model": "tiny", "prompt": [5, 6, 7, 8, 100, 200, 300], "max_tokens": 12,
+        "temperature": 0.0, "logprobs": 1, "return_token_ids": true,
+    });
+    let answer = |port: u16| -> (Vec<u64>, Vec<f64>) {
+        let (status, body) = cluster::http_post_json(port, "/v1/completions", &request);
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let choice = &answer["choices"][0];
+        let (ids, logprobs): (Vec<_>, Vec<_>) = match choice["logprobs"]["content"].as_array() {
+            Some(content) => content
+                .iter()
+                .map(|t| (t["id"].as_u64().unwrap(), t["logprob"].as_f64().unwrap()))
+                .unzip(),
+            None => (
+                choice["token_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_u64().unwrap())
+                    .collect(),
+                choice["logprobs"]["token_logprobs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|l| l.as_f64().unwrap())
+                    .collect(),
+            ),
+        };
+        (ids, logprobs)
+    };
+    let (theirs, ours) = (answer(ports[0]), answer(ours));
+    assert_eq!(theirs.0, ours.0);
+    assert_eq!(theirs.0.len(), 12);
+    for (a, b) in theirs.1.iter().zip(&ours.1) {
+        assert!((a - b).abs() < 1e-3, "{:?} against {:?}", theirs.1, ours.1);
+    }
+    cluster.kill("ours");
+    let endpoints = format!(
+        "rollout.endpoints=[\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
+        ports[0], ports[1]
+    );
+    let job = cluster.submit_tiny(&[
+        &format!("trainer.total_steps={steps}"),
+        "rollout.engine=\"openai\"",
+        "rollout.reload=\"none\"",
+        &endpoints,
+        "rollout.max_in_flight=8",
+    ]);
+    cluster.wait_until(JOB_TIMEOUT, "step 2", || {
+        let status = cluster.ctl(&["job", "get", &job]);
+        (status["step"].as_u64().unwrap_or(0) >= 2).then_some(())
+    });
+    cluster.kill("llama1");
+    let done = cluster.wait_for_status(&job, &["succeeded", "failed"], JOB_TIMEOUT);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["step"], steps);
+    cluster.assert_each_prompt_used_once(&job, steps, 32);
+
+    let log = std::fs::read_to_string(cluster.path("a1.log")).unwrap();
+    assert!(log.contains("engine keeps its own weights"), "{log}");
+    assert!(!log.contains("engine reloaded"), "{log}");
+    // The live server generated the tokens (llama.cpp's own counter).
+    let (_, _, metrics) = cluster::http_get(ports[1], "/metrics", None);
+    let predicted: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("llamacpp:tokens_predicted_total")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    assert!(predicted > 0.0, "{metrics}");
+}
+
 #[test]
 fn async_mode_overlaps_generation_with_training_within_the_staleness_bound() {
     let _one = exclusive();

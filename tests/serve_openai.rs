@@ -3,25 +3,12 @@
 //! streaming, logprobs, n, stop, a bad request, a reload). The client comes from the venv
 //! `scripts/test.sh` installs (`$GRLO_TEST_PYTHON`, else `target/test-venv`).
 
+mod cluster;
+
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("GRLO_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "{} does not exist: run the tests with `bash scripts/test.sh`, which installs the openai \
-         client into target/test-venv (or point GRLO_TEST_PYTHON at a python that has it)",
-        path.display()
-    );
-    path
-}
 
 struct Killed(Child);
 
@@ -34,7 +21,7 @@ impl Drop for Killed {
 
 #[test]
 fn the_openai_python_client_drives_grlo_serve() {
-    let python = python();
+    let python = cluster::test_python();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("fixtures/models/qwen3-chat-tiny");
     let port = TcpListener::bind("127.0.0.1:0")

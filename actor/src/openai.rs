@@ -196,6 +196,21 @@ pub struct CompletionLogprobs {
     pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
     #[serde(default)]
     pub text_offset: Vec<usize>,
+    /// llama.cpp's form: its chat format's list, each with the token's id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<ContentLogprob>,
+}
+
+/// One token of llama.cpp's `logprobs.content` in a completion.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ContentLogprob {
+    #[serde(default)]
+    pub id: Option<u32>,
+    #[serde(default)]
+    pub token: String,
+    /// Null where the server could not write the number (a probability of 0).
+    #[serde(default)]
+    pub logprob: Option<f32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

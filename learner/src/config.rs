@@ -175,11 +175,50 @@ pub struct RolloutSection {
     /// SGLang, `grlo serve`) at `endpoints`.
     pub engine: RolloutEngine,
     /// With `engine = "openai"`: the actor's engines, e.g. `["http://127.0.0.1:30000"]`. Each
-    /// new weight version reaches them through SGLang's `POST /update_weights_from_disk`.
+    /// new weight version reaches them as `reload` says.
     pub endpoints: Vec<String>,
     /// With `engine = "openai"`: most requests (one prompt, `n` samples each) an actor has in
     /// flight across its endpoints.
     pub max_in_flight: usize,
+    /// With `engine = "openai"`: how a new weight version reaches the endpoints.
+    pub reload: RolloutReload,
+}
+
+/// `rollout.reload`: the route by which an external engine loads a weight version from the
+/// checkpoint directory the actor wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutReload {
+    /// SGLang's `POST /update_weights_from_disk {"model_path": ...}` (also `grlo serve`'s).
+    #[default]
+    Sglang,
+    /// vLLM's development routes (`VLLM_SERVER_DEV_MODE=1`): `POST /collective_rpc`
+    /// `update_config` (the model path) then `reload_weights`, then `POST /reset_prefix_cache`.
+    Vllm,
+    /// None: the engines keep the weights they were started with (a frozen policy, e.g. for
+    /// generating data or evaluating; an RL job's responses then come from an older policy
+    /// than their version says).
+    None,
+}
+
+impl RolloutReload {
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutReload::Sglang => "sglang",
+            RolloutReload::Vllm => "vllm",
+            RolloutReload::None => "none",
+        }
+    }
+
+    /// The mode a task names (empty: the default).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "" | "sglang" => Some(RolloutReload::Sglang),
+            "vllm" => Some(RolloutReload::Vllm),
+            "none" => Some(RolloutReload::None),
+            _ => None,
+        }
+    }
 }
 
 /// `rollout.engine`.
@@ -213,6 +252,7 @@ impl Default for RolloutSection {
             engine: RolloutEngine::Builtin,
             endpoints: Vec::new(),
             max_in_flight: 64,
+            reload: RolloutReload::Sglang,
         }
     }
 }
@@ -674,12 +714,20 @@ impl TrainConfig {
             "rollout.max_batch_rows must be positive",
         );
         match r.engine {
-            RolloutEngine::Builtin => check(
-                &mut problems,
-                r.endpoints.is_empty(),
-                "rollout.endpoints is set but rollout.engine = \"builtin\" does not use it \
-                 (set rollout.engine = \"openai\")",
-            ),
+            RolloutEngine::Builtin => {
+                check(
+                    &mut problems,
+                    r.endpoints.is_empty(),
+                    "rollout.endpoints is set but rollout.engine = \"builtin\" does not use it \
+                     (set rollout.engine = \"openai\")",
+                );
+                check(
+                    &mut problems,
+                    r.reload == RolloutReload::Sglang,
+                    "rollout.reload is set but rollout.engine = \"builtin\" does not use it \
+                     (it says how external engines load a weight version)",
+                );
+            }
             RolloutEngine::Openai => {
                 check(
                     &mut problems,
@@ -922,7 +970,10 @@ mod tests {
         let ok = parse("engine = \"openai\"\nendpoints = [\"http://127.0.0.1:30000\"]").unwrap();
         assert_eq!(ok.rollout.engine, RolloutEngine::Openai);
         assert_eq!(ok.rollout.max_in_flight, 64);
+        assert_eq!(ok.rollout.reload, RolloutReload::Sglang);
         assert_eq!(parse("").unwrap().rollout.engine, RolloutEngine::Builtin);
+        let vllm = "engine = \"openai\"\nendpoints = [\"http://a:1\"]\nreload = \"vllm\"";
+        assert_eq!(parse(vllm).unwrap().rollout.reload, RolloutReload::Vllm);
         for (rollout, expected) in [
             ("engine = \"openai\"", "needs rollout.endpoints"),
             ("endpoints = [\"http://a:1\"]", "does not use it"),
@@ -935,6 +986,11 @@ mod tests {
                 "rollout.max_in_flight",
             ),
             ("engine = \"vllm\"", "engine"),
+            ("reload = \"vllm\"", "rollout.reload is set"),
+            (
+                "engine = \"openai\"\nendpoints = [\"http://a:1\"]\nreload = \"disk\"",
+                "reload",
+            ),
         ] {
             let err = parse(rollout).unwrap_err().to_string();
             assert!(err.contains(expected), "{rollout}: {err}");

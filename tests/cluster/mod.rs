@@ -36,6 +36,22 @@ pub fn grlo() -> Command {
     command
 }
 
+/// The Python `scripts/test.sh` prepares (a venv with the `openai` client and llama.cpp's
+/// `gguf` package): `$GRLO_TEST_PYTHON`, else `target/test-venv`.
+pub fn test_python() -> PathBuf {
+    let path = std::env::var_os("GRLO_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/test-venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run the tests with `bash scripts/test.sh`, which installs the test \
+         venv into target/test-venv (or point GRLO_TEST_PYTHON at a python that has openai and \
+         gguf)",
+        path.display()
+    );
+    path
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -201,6 +217,47 @@ impl Cluster {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "{name} never became healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts llama.cpp's `llama-server` (`$GRLO_LLAMA_SERVER`, else the one `scripts/test.sh`
+    /// builds into `target/llama.cpp`) on `port` with a GGUF model, and waits until it is up.
+    pub fn start_llama_server(&mut self, name: &str, port: u16, gguf: &Path) {
+        let server = std::env::var_os("GRLO_LLAMA_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target/llama.cpp/bin/llama-server"));
+        assert!(
+            server.exists(),
+            "{} does not exist: run the tests with `bash scripts/test.sh`, which builds \
+             llama.cpp's llama-server into target/llama.cpp (or point GRLO_LLAMA_SERVER at one)",
+            server.display()
+        );
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .expect("a log file");
+        let child = Command::new(&server)
+            .arg("--model")
+            .arg(gguf)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--threads", "1", "--parallel", "4", "--ctx-size", "8192"])
+            .args(["--metrics", "--no-webui"])
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", server.display()));
+        self.children.insert(name.to_string(), child);
+        let started = Instant::now();
+        let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !listening() || http_get(port, "/health", None).0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name} never became healthy: {}",
+                std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -405,19 +462,39 @@ pub fn single_process_metrics(dir: &Path, overrides: &[&str]) -> Vec<Value> {
 /// One HTTP/1.1 GET on 127.0.0.1 (with `Authorization: Bearer` when given a token):
 /// (status, head, body).
 pub fn http_get(port: u16, path: &str, bearer: Option<&str>) -> (u16, String, String) {
+    let authorization = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http_exchange(
+        port,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// POSTs a JSON body: the status and the answer's body.
+pub fn http_post_json(port: u16, path: &str, body: &Value) -> (u16, String) {
+    let body = body.to_string();
+    let (status, _, answer) = http_exchange(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    (status, answer)
+}
+
+/// Sends one request and reads the answer to its end: status, head, body.
+fn http_exchange(port: u16, request: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the port listens");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let authorization = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n"
-    )
-    .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response

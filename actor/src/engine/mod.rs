@@ -10,6 +10,7 @@ mod openai;
 
 use std::time::Instant;
 
+use grlo_learner::config::RolloutReload;
 use grlo_learner::rollout::{PromptTask, RolloutParams, rollout};
 use grlo_learner::trajectory::Trajectory;
 use grlo_model::backend::ModelBackend;
@@ -90,10 +91,19 @@ pub(crate) fn load_policy(
             // The servers read the checkpoint from this directory (a volume they share).
             let path = std::fs::canonicalize(&dir)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let reload = RolloutReload::from_name(&sampling.reload).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "rollout.reload {:?}: not sglang, vllm or none",
+                    sampling.reload
+                )
+            })?;
             let engine = openai::HttpEngine::new(
                 &sampling.endpoints,
-                path.display().to_string(),
-                task.weight_version,
+                openai::Weights {
+                    path: path.display().to_string(),
+                    version: task.weight_version,
+                    reload,
+                },
                 match sampling.max_in_flight {
                     0 => 64,
                     n => n as usize,

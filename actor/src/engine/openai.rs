@@ -1,12 +1,16 @@
 //! The HTTP engine (`rollout.engine = "openai"`): the task's prompts go to OpenAI-compatible
-//! servers (vLLM, SGLang, `grlo serve`) as `/v1/completions` requests with token-id prompts,
-//! at most `rollout.max_in_flight` at once, spread over `rollout.endpoints`. The answer's
-//! token ids and log-probabilities become the trajectories' responses and behaviour
-//! log-probabilities (`return_token_ids`, or vLLM's `return_tokens_as_token_ids`).
+//! servers (vLLM, SGLang, llama.cpp's `llama-server`, `grlo serve`) as `/v1/completions`
+//! requests with token-id prompts, at most `rollout.max_in_flight` at once, spread over
+//! `rollout.endpoints`. The answer's token ids and log-probabilities become the trajectories'
+//! responses and behaviour log-probabilities: from `token_ids` (vLLM's `return_token_ids`,
+//! `grlo serve`), `token_id:<id>` tokens (vLLM's `return_tokens_as_token_ids`) or the ids of
+//! `logprobs.content` (llama.cpp).
 //!
-//! A new weight version reaches an endpoint through SGLang's `POST /update_weights_from_disk
-//! {"model_path": <the version's checkpoint directory>}` before the endpoint gets a request of
-//! it; the directory must be one the server can read at the same path (a shared volume).
+//! A new weight version reaches an endpoint before the endpoint gets a request of it, as
+//! `rollout.reload` says: SGLang's `POST /update_weights_from_disk {"model_path": <the
+//! version's checkpoint directory>}`, vLLM's dev-mode `POST /collective_rpc` (`update_config`
+//! with the new model path, then `reload_weights`) and `POST /reset_prefix_cache`, or not at
+//! all. The directory must be one the server can read at the same path (a shared volume).
 //! An endpoint that fails (refused connection, 5xx, 429, a broken answer) is left alone for a
 //! while and the request goes to another, or to the same once it is back, until the task's
 //! lease ends; an endpoint that comes back is reloaded first (it may have restarted on its
@@ -20,6 +24,8 @@ use grlo_learner::trajectory::Trajectory;
 use grlo_model::FinishReason;
 use serde_json::json;
 use tokio::sync::{Mutex, Semaphore};
+
+use grlo_learner::config::RolloutReload;
 
 use super::Generate;
 use crate::openai::{CompletionChoice, CompletionResponse, ModelList, UpdateWeightsResponse};
@@ -45,11 +51,17 @@ pub(crate) struct HttpEngine {
     endpoints: Vec<Arc<Endpoint>>,
     client: reqwest::Client,
     authorization: Option<String>,
-    /// The version's checkpoint directory, as the servers see it.
-    model_path: String,
-    version: u64,
+    weights: Weights,
     max_in_flight: usize,
     runtime: tokio::runtime::Handle,
+}
+
+/// The weight version the engines are to serve, and how it reaches them.
+pub(crate) struct Weights {
+    /// The version's checkpoint directory, as the servers see it.
+    pub path: String,
+    pub version: u64,
+    pub reload: RolloutReload,
 }
 
 /// Why a call failed, and whether another try may succeed.
@@ -78,8 +90,7 @@ impl CallError {
 impl HttpEngine {
     pub(crate) fn new(
         endpoints: &[String],
-        model_path: String,
-        version: u64,
+        weights: Weights,
         max_in_flight: usize,
         authorization: Option<String>,
     ) -> anyhow::Result<Self> {
@@ -102,8 +113,7 @@ impl HttpEngine {
                 .collect(),
             client,
             authorization,
-            model_path,
-            version,
+            weights,
             max_in_flight: max_in_flight.max(1),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -121,36 +131,88 @@ impl HttpEngine {
     async fn ensure_loaded(&self, endpoint: &Endpoint) -> Result<String, CallError> {
         let mut state = endpoint.state.lock().await;
         if let Some((path, name)) = &state.loaded
-            && *path == self.model_path
+            && *path == self.weights.path
         {
             return Ok(name.clone());
         }
+        match self.weights.reload {
+            RolloutReload::Sglang => self.reload_sglang(endpoint).await?,
+            RolloutReload::Vllm => self.reload_vllm(endpoint).await?,
+            RolloutReload::None => {}
+        }
+        let name = self.model_name(endpoint).await?;
+        match self.weights.reload {
+            RolloutReload::None => tracing::info!(
+                endpoint = %endpoint.url,
+                version = self.weights.version,
+                "engine keeps its own weights (rollout.reload = none)"
+            ),
+            _ => tracing::info!(
+                endpoint = %endpoint.url,
+                version = self.weights.version,
+                "engine reloaded"
+            ),
+        }
+        state.loaded = Some((self.weights.path.clone(), name.clone()));
+        Ok(name)
+    }
+
+    /// SGLang's (and `grlo serve`'s) `POST /update_weights_from_disk`.
+    async fn reload_sglang(&self, endpoint: &Endpoint) -> Result<(), CallError> {
         let url = format!("{}/update_weights_from_disk", endpoint.url);
         let body = json!({
-            "model_path": self.model_path,
-            "weight_version": format!("v{}", self.version),
+            "model_path": self.weights.path,
+            "weight_version": format!("v{}", self.weights.version),
         });
         let (status, text) = self.post_json(&url, &body).await?;
         let answer: Option<UpdateWeightsResponse> = serde_json::from_str(&text).ok();
         match answer {
-            Some(a) if status.is_success() && a.success => {}
-            Some(a) if refused(status) => {
+            Some(a) if status.is_success() && a.success => Ok(()),
+            Some(a) if refused(status) => Err(CallError::fatal(format!(
+                "{url} could not load {}: {}",
+                self.weights.path, a.message
+            ))),
+            _ => Err(CallError::retry(format!(
+                "{url} answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            ))),
+        }
+    }
+
+    /// vLLM's development routes (`VLLM_SERVER_DEV_MODE=1`, vLLM 0.10-0.11): every worker's
+    /// model path becomes the version's directory, its weights are reloaded from there in
+    /// place, and the prefix cache (keys and values of the old weights) is dropped.
+    async fn reload_vllm(&self, endpoint: &Endpoint) -> Result<(), CallError> {
+        let rpc = format!("{}/collective_rpc", endpoint.url);
+        let calls = [
+            (
+                rpc.clone(),
+                json!({"method": "update_config",
+                       "args": [{"model_config": {"model": self.weights.path}}]}),
+            ),
+            (rpc, json!({"method": "reload_weights"})),
+            (format!("{}/reset_prefix_cache", endpoint.url), json!({})),
+        ];
+        for (url, body) in &calls {
+            let (status, text) = self.post_json(url, body).await?;
+            let answer = || text.chars().take(300).collect::<String>();
+            if status == reqwest::StatusCode::NOT_FOUND {
                 return Err(CallError::fatal(format!(
-                    "{url} could not load {}: {}",
-                    self.model_path, a.message
+                    "{url} answered 404: vLLM serves its reload routes only when started \
+                     with VLLM_SERVER_DEV_MODE=1 ({})",
+                    answer()
                 )));
             }
-            _ => {
-                return Err(CallError::retry(format!(
-                    "{url} answered {status}: {}",
-                    text.chars().take(300).collect::<String>()
-                )));
+            if !status.is_success() {
+                let message = format!("{url} answered {status}: {}", answer());
+                return Err(if refused(status) {
+                    CallError::fatal(message)
+                } else {
+                    CallError::retry(message)
+                });
             }
         }
-        let name = self.model_name(endpoint).await?;
-        tracing::info!(endpoint = %endpoint.url, version = self.version, "engine reloaded");
-        state.loaded = Some((self.model_path.clone(), name.clone()));
-        Ok(name)
+        Ok(())
     }
 
     /// The first model `/v1/models` lists (vLLM refuses requests for other names).
@@ -293,7 +355,7 @@ impl HttpEngine {
         }
         let answer: CompletionResponse = serde_json::from_str(&text)
             .map_err(|e| CallError::retry(format!("{url}: an answer that does not parse: {e}")))?;
-        trajectories(answer, task, params, self.version)
+        trajectories(answer, task, params, self.weights.version)
             .map_err(|e| CallError::retry(format!("{url}: {e}")))
     }
 }
@@ -304,10 +366,11 @@ fn refused(status: reqwest::StatusCode) -> bool {
     status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS
 }
 
-/// The request for one prompt's samples. `logprobs: 0` asks for the chosen tokens'
-/// log-probabilities (raw model log-probabilities in vLLM's default `logprobs_mode` and in
-/// `grlo serve`); the token ids come back through `return_token_ids` (vLLM ≥ 0.10.2,
-/// `grlo serve`) or as `token_id:<id>` strings (`return_tokens_as_token_ids`).
+/// The request for one prompt's samples. `logprobs: 1` asks for the chosen tokens'
+/// log-probabilities (raw model log-probabilities in vLLM's default `logprobs_mode`, in
+/// llama.cpp, which reports none for 0, and in `grlo serve`); the token ids come back through
+/// `return_token_ids` (vLLM ≥ 0.10.2, `grlo serve`), as `token_id:<id>` strings
+/// (`return_tokens_as_token_ids`) or as the ids of llama.cpp's `logprobs.content`.
 fn completion_body(model: &str, task: &PromptTask, params: &RolloutParams) -> serde_json::Value {
     let s = &params.sampling;
     let mut body = json!({
@@ -319,7 +382,7 @@ fn completion_body(model: &str, task: &PromptTask, params: &RolloutParams) -> se
         "n": params.n,
         "seed": task.seed,
         "stop_token_ids": params.stop_token_ids,
-        "logprobs": 0,
+        "logprobs": 1,
         "skip_special_tokens": false,
         "return_token_ids": true,
         "return_tokens_as_token_ids": true,
@@ -350,7 +413,8 @@ fn trajectories(
         .into_iter()
         .enumerate()
         .map(|(sample_index, choice)| {
-            let (response_ids, behaviour_logprobs, finish_reason) = sample(choice)?;
+            let (response_ids, behaviour_logprobs, finish_reason) =
+                sample(choice, &params.stop_token_ids)?;
             Ok(Trajectory {
                 prompt_id: task.prompt_id,
                 group: task.group,
@@ -366,14 +430,28 @@ fn trajectories(
         .collect()
 }
 
-/// A choice's token ids, their log-probabilities and why it ended.
-fn sample(choice: CompletionChoice) -> Result<(Vec<u32>, Vec<f32>, FinishReason), String> {
+/// A choice's token ids, their log-probabilities and why it ended. A sample runs to its first
+/// stop token: an engine that ignores `stop_token_ids` (llama.cpp stops only at its own
+/// end-of-generation tokens) is cut there.
+fn sample(
+    choice: CompletionChoice,
+    stop_token_ids: &[u32],
+) -> Result<(Vec<u32>, Vec<f32>, FinishReason), String> {
     let logprobs = choice
         .logprobs
-        .ok_or("a choice without logprobs (the server ignored logprobs = 0)")?;
-    let ids = match choice.token_ids {
-        Some(ids) => ids,
-        None => logprobs
+        .ok_or("a choice without logprobs (the server ignored logprobs = 1)")?;
+    let mut ids = match (choice.token_ids, logprobs.content.is_empty()) {
+        (Some(ids), _) => ids,
+        (None, false) => logprobs
+            .content
+            .iter()
+            .map(|t| {
+                t.id.ok_or_else(|| {
+                    format!("logprobs.content without a token id (at {:?})", t.token)
+                })
+            })
+            .collect::<Result<Vec<u32>, String>>()?,
+        (None, true) => logprobs
             .tokens
             .iter()
             .map(|t| {
@@ -381,18 +459,26 @@ fn sample(choice: CompletionChoice) -> Result<(Vec<u32>, Vec<f32>, FinishReason)
                     .and_then(|id| id.parse().ok())
                     .ok_or_else(|| {
                         format!(
-                            "no token ids: the server returned neither token_ids nor \
-                             token_id:<id> tokens (got {t:?})"
+                            "no token ids: the server returned neither token_ids, \
+                             token_id:<id> tokens nor logprobs.content ids (got {t:?})"
                         )
                     })
             })
             .collect::<Result<Vec<u32>, String>>()?,
     };
-    let values: Vec<f32> = logprobs
-        .token_logprobs
-        .iter()
-        .map(|lp| lp.ok_or("a token without a log-probability"))
-        .collect::<Result<_, _>>()?;
+    let mut values: Vec<f32> = if logprobs.content.is_empty() {
+        logprobs
+            .token_logprobs
+            .iter()
+            .map(|lp| lp.ok_or("a token without a log-probability"))
+            .collect::<Result<_, _>>()?
+    } else {
+        logprobs
+            .content
+            .iter()
+            .map(|t| t.logprob.ok_or("a token without a log-probability"))
+            .collect::<Result<_, _>>()?
+    };
     if values.len() != ids.len() {
         return Err(format!(
             "{} log-probabilities for {} tokens",
@@ -400,7 +486,7 @@ fn sample(choice: CompletionChoice) -> Result<(Vec<u32>, Vec<f32>, FinishReason)
             ids.len()
         ));
     }
-    let finish = match choice.finish_reason.as_deref() {
+    let mut finish = match choice.finish_reason.as_deref() {
         Some("stop") => FinishReason::Stop,
         Some("length") => FinishReason::Length,
         other => {
@@ -409,6 +495,11 @@ fn sample(choice: CompletionChoice) -> Result<(Vec<u32>, Vec<f32>, FinishReason)
             ));
         }
     };
+    if let Some(at) = ids.iter().position(|id| stop_token_ids.contains(id)) {
+        ids.truncate(at + 1);
+        values.truncate(at + 1);
+        finish = FinishReason::Stop;
+    }
     Ok((ids, values, finish))
 }
 
@@ -456,8 +547,7 @@ mod tests {
             logprobs: Some(CompletionLogprobs {
                 tokens: tokens.iter().map(|t| t.to_string()).collect(),
                 token_logprobs: tokens.iter().map(|_| Some(-0.5)).collect(),
-                top_logprobs: Vec::new(),
-                text_offset: Vec::new(),
+                ..Default::default()
             }),
             finish_reason: Some(finish.into()),
             token_ids: ids,
@@ -467,23 +557,63 @@ mod tests {
 
     #[test]
     fn token_ids_come_from_either_extension() {
-        let (ids, lps, finish) = sample(choice(0, Some(vec![5, 6]), &["a", "b"], "stop")).unwrap();
+        let (ids, lps, finish) =
+            sample(choice(0, Some(vec![5, 6]), &["a", "b"], "stop"), &[]).unwrap();
         assert_eq!(
             (ids, lps, finish),
             (vec![5, 6], vec![-0.5, -0.5], FinishReason::Stop)
         );
-        let (ids, _, finish) =
-            sample(choice(0, None, &["token_id:7", "token_id:8"], "length")).unwrap();
+        let (ids, _, finish) = sample(
+            choice(0, None, &["token_id:7", "token_id:8"], "length"),
+            &[],
+        )
+        .unwrap();
         assert_eq!((ids, finish), (vec![7, 8], FinishReason::Length));
     }
 
+    #[test]
+    fn llama_cpp_answers_carry_ids_in_logprobs_content_and_stop_at_the_first_stop_token() {
+        // llama-server's /v1/completions answer (its chat format's logprobs, with ids).
+        let answer: CompletionChoice = serde_json::from_value(json!({
+            "index": 0, "text": "ab", "finish_reason": "length",
+            "logprobs": {"content": [
+                {"id": 5, "token": "a", "bytes": [97], "logprob": -0.25, "top_logprobs": []},
+                {"id": 9, "token": "", "bytes": [], "logprob": -1.5, "top_logprobs": []},
+                {"id": 6, "token": "b", "bytes": [98], "logprob": -2.0, "top_logprobs": []}
+            ]}
+        }))
+        .unwrap();
+        let (ids, lps, finish) = sample(answer.clone(), &[]).unwrap();
+        assert_eq!(
+            (ids, lps, finish),
+            (vec![5, 9, 6], vec![-0.25, -1.5, -2.0], FinishReason::Length)
+        );
+        // 9 is a stop token of the job the engine did not know: the sample ends there.
+        let (ids, lps, finish) = sample(answer.clone(), &[9, 1]).unwrap();
+        assert_eq!(
+            (ids, lps, finish),
+            (vec![5, 9], vec![-0.25, -1.5], FinishReason::Stop)
+        );
+        let mut broken = answer;
+        broken.logprobs.as_mut().unwrap().content[1].id = None;
+        let err = sample(broken, &[]).unwrap_err();
+        assert!(err.contains("without a token id"), "{err}");
+    }
+
     /// An OpenAI-compatible stand-in that answers every prompt with its own first two ids,
-    /// after a pause, counting the requests it holds at once and the reloads.
+    /// after a pause, counting the requests it holds at once and noting the reload calls.
     #[derive(Default)]
     struct Stub {
         now: std::sync::atomic::AtomicUsize,
         peak: std::sync::atomic::AtomicUsize,
-        reloads: std::sync::atomic::AtomicUsize,
+        /// The reload routes called: path, and the RPC's method and argument where it has one.
+        reloads: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Stub {
+        fn take_reloads(&self) -> Vec<String> {
+            std::mem::take(&mut *self.reloads.lock().unwrap())
+        }
     }
 
     async fn stub_server(stub: Arc<Stub>) -> String {
@@ -512,19 +642,36 @@ mod tests {
                 }
             }
         };
-        let reload = {
-            let stub = stub.clone();
-            move || {
+        let note = |stub: Arc<Stub>, path: &'static str| {
+            move |axum::Json(body): axum::Json<serde_json::Value>| {
                 let stub = stub.clone();
                 async move {
-                    stub.reloads.fetch_add(1, SeqCst);
+                    let mut call = path.to_string();
+                    if let Some(method) = body["method"].as_str() {
+                        call.push_str(&format!(" {method}"));
+                    }
+                    if let Some(model) = body["args"][0]["model_config"]["model"].as_str() {
+                        call.push_str(&format!(" {model}"));
+                    }
+                    stub.reloads.lock().unwrap().push(call);
                     axum::Json(json!({"success": true, "message": "ok"}))
                 }
             }
         };
         let app = axum::Router::new()
             .route("/v1/completions", post(completions))
-            .route("/update_weights_from_disk", post(reload))
+            .route(
+                "/update_weights_from_disk",
+                post(note(stub.clone(), "/update_weights_from_disk")),
+            )
+            .route(
+                "/collective_rpc",
+                post(note(stub.clone(), "/collective_rpc")),
+            )
+            .route(
+                "/reset_prefix_cache",
+                post(note(stub.clone(), "/reset_prefix_cache")),
+            )
             .route(
                 "/v1/models",
                 get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "stub"}]})) }),
@@ -568,14 +715,8 @@ mod tests {
         };
         for bound in [1, 3] {
             stub.peak.store(0, std::sync::atomic::Ordering::SeqCst);
-            let engine = HttpEngine::new(
-                &[dead.clone(), live.clone()],
-                "/w/v1".into(),
-                1,
-                bound,
-                None,
-            )
-            .unwrap();
+            let engine =
+                HttpEngine::new(&[dead.clone(), live.clone()], weights(), bound, None).unwrap();
             let out = tokio::task::spawn_blocking(move || {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 engine.rollout(&tasks(12), &params(), 1, deadline)
@@ -595,7 +736,85 @@ mod tests {
             assert_eq!(stub.peak.load(std::sync::atomic::Ordering::SeqCst), bound);
         }
         // Each engine reloaded the live endpoint once before its first request.
-        assert_eq!(stub.reloads.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(stub.take_reloads(), ["/update_weights_from_disk"; 2]);
+    }
+
+    fn weights() -> Weights {
+        Weights {
+            path: "/w/v1".into(),
+            version: 1,
+            reload: RolloutReload::Sglang,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_reload_mode_calls_its_routes_once_per_version() {
+        let stub = Arc::new(Stub::default());
+        let live = stub_server(stub.clone()).await;
+        for (reload, expected) in [
+            (RolloutReload::Sglang, vec!["/update_weights_from_disk"]),
+            (
+                RolloutReload::Vllm,
+                vec![
+                    "/collective_rpc update_config /w/v1",
+                    "/collective_rpc reload_weights",
+                    "/reset_prefix_cache",
+                ],
+            ),
+            (RolloutReload::None, vec![]),
+        ] {
+            let engine = HttpEngine::new(
+                std::slice::from_ref(&live),
+                Weights {
+                    reload,
+                    ..weights()
+                },
+                4,
+                None,
+            )
+            .unwrap();
+            let out = tokio::task::spawn_blocking(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                engine.rollout(&tasks(6), &params(), 1, deadline)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(out.len(), 12);
+            assert_eq!(stub.take_reloads(), expected, "{reload:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vllm_without_its_dev_routes_fails_the_task_saying_how_to_start_it() {
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/v1/models",
+            get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "m"}]})) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let reload = RolloutReload::Vllm;
+        let engine = HttpEngine::new(
+            &[url],
+            Weights {
+                reload,
+                ..weights()
+            },
+            4,
+            None,
+        )
+        .unwrap();
+        let err = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            engine.rollout(&tasks(1), &params(), 1, deadline)
+        })
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("VLLM_SERVER_DEV_MODE=1"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,8 +823,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", listener.local_addr().unwrap())
         };
-        let engine =
-            HttpEngine::new(std::slice::from_ref(&dead), "/w/v1".into(), 1, 4, None).unwrap();
+        let engine = HttpEngine::new(std::slice::from_ref(&dead), weights(), 4, None).unwrap();
         let err = tokio::task::spawn_blocking(move || {
             engine.rollout(
                 &tasks(2),
@@ -623,11 +841,11 @@ mod tests {
 
     #[test]
     fn answers_without_ids_or_finish_are_errors() {
-        let err = sample(choice(0, None, &["hello"], "stop")).unwrap_err();
+        let err = sample(choice(0, None, &["hello"], "stop"), &[]).unwrap_err();
         assert!(err.contains("no token ids"), "{err}");
-        let err = sample(choice(0, Some(vec![1]), &["a"], "abort")).unwrap_err();
+        let err = sample(choice(0, Some(vec![1]), &["a"], "abort"), &[]).unwrap_err();
         assert!(err.contains("finish_reason"), "{err}");
-        let err = sample(choice(0, Some(vec![1, 2]), &["a"], "stop")).unwrap_err();
+        let err = sample(choice(0, Some(vec![1, 2]), &["a"], "stop"), &[]).unwrap_err();
         assert!(err.contains("1 log-probabilities for 2 tokens"), "{err}");
     }
 }

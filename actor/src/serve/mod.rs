@@ -11,6 +11,7 @@
 //! - [`text`]: a sample's text as tokens arrive (stop strings, what a stream may send).
 //! - [`worker`]: the engine thread.
 
+mod answer;
 mod routes;
 pub mod text;
 pub mod worker;

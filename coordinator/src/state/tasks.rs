@@ -170,6 +170,7 @@ impl State {
                 engine: rollout.engine.name().to_string(),
                 endpoints: rollout.endpoints.clone(),
                 max_in_flight: rollout.max_in_flight as u32,
+                reload: rollout.reload.name().to_string(),
             }),
             deadline_unix_ms: now + self.settings.lease_ms as i64,
             learner_address: address_of(&job.learner),
