@@ -307,7 +307,9 @@ fn a_spent_budget_stops_the_job_with_a_final_checkpoint() {
     // Each worker accounts one (pretend) GPU.
     cluster.accelerators = Some("test-gpu:1".into());
     let cluster = cluster.with_roles(2);
-    let budget_hours = 0.004; // 14.4 GPU-seconds: 4 workers for about 3.6 s
+    // 43.2 GPU-seconds: 4 workers for about 10.8 s, several steps of the tiny job even on a
+    // loaded machine (the budget must outlast the first step for there to be a checkpoint).
+    let budget_hours = 0.012;
     let job = cluster.submit_tiny(&[
         "trainer.total_steps=200",
         // A checkpoint every step, so the last one written is of the last step trained.
