@@ -135,9 +135,12 @@ fn every_role_serves_its_metrics_during_a_tiny_job() {
         ) > 0.0
     );
     assert_eq!(must(&l, "grlo_learner_weight_version", &[]), steps as f64);
-    assert_eq!(
-        must(&l, "grlo_learner_reward_mean", &[]),
-        coordinator_reward
+    // The same mean, summed in the order the trajectories arrived (two actors): equal to the
+    // last bits or so.
+    let learner_reward = must(&l, "grlo_learner_reward_mean", &[]);
+    assert!(
+        (learner_reward - coordinator_reward).abs() < 1e-9,
+        "{learner_reward} vs {coordinator_reward}"
     );
     let received = must(&l, "grlo_learner_trajectories_received_total", &[]);
     assert_eq!(
