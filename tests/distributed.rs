@@ -116,46 +116,63 @@ fn a_job_generates_on_grlo_serve_and_outlives_a_dead_endpoint() {
     let ports = [cluster::free_port(), cluster::free_port()];
     cluster.start_serve("serve1", ports[0], &policy);
     cluster.start_serve("serve2", ports[1], &policy);
-    let endpoints = format!(
-        "rollout.endpoints=[\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
-        ports[0], ports[1]
-    );
-    let job = cluster.submit_tiny(&[
-        &format!("trainer.total_steps={steps}"),
-        "rollout.engine=\"openai\"",
-        &endpoints,
-        "rollout.max_in_flight=8",
-    ]);
     // One endpoint dies mid-job: the actor's requests go to the other.
-    cluster.wait_until(JOB_TIMEOUT, "step 2", || {
-        let status = cluster.ctl(&["job", "get", &job]);
-        (status["step"].as_u64().unwrap_or(0) >= 2).then_some(())
-    });
-    cluster.kill("serve1");
-    let done = cluster.wait_for_status(&job, &["succeeded", "failed"], JOB_TIMEOUT);
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["step"], steps);
-    cluster.assert_each_prompt_used_once(&job, steps, 32);
+    job_outlives_a_dead_endpoint(&mut cluster, ports, "serve1", steps, &[]);
 
     // The actor generated nothing itself: every version reached the live engine by a reload,
     // and its completions carried the trajectories.
     let log = std::fs::read_to_string(cluster.path("a1.log")).unwrap();
     assert!(log.contains("engine reloaded"), "{log}");
     let (_, _, metrics) = cluster::http_get(ports[1], "/metrics", None);
-    let count = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
     assert!(
-        count("grlo_serve_reloads_total{outcome=\"ok\"}") >= 1.0,
+        metric(&metrics, "grlo_serve_reloads_total{outcome=\"ok\"}") >= 1.0,
         "{metrics}"
     );
     assert!(
-        count("grlo_serve_generated_tokens_total") > 0.0,
+        metric(&metrics, "grlo_serve_generated_tokens_total") > 0.0,
         "{metrics}"
     );
+}
+
+/// Runs a tiny job of `steps` generating on the external engines at `ports` (with
+/// `overrides`), SIGKILLs the engine `dies` after step 2, and checks that the job still
+/// succeeds with every prompt used once.
+fn job_outlives_a_dead_endpoint(
+    cluster: &mut Cluster,
+    ports: [u16; 2],
+    dies: &str,
+    steps: u64,
+    overrides: &[&str],
+) {
+    let endpoints = format!(
+        "rollout.endpoints=[\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
+        ports[0], ports[1]
+    );
+    let total_steps = format!("trainer.total_steps={steps}");
+    let mut all = vec![
+        total_steps.as_str(),
+        "rollout.engine=\"openai\"",
+        &endpoints,
+        "rollout.max_in_flight=8",
+    ];
+    all.extend_from_slice(overrides);
+    let job = cluster.submit_tiny(&all);
+    cluster.wait_until(JOB_TIMEOUT, "step 2", || {
+        let status = cluster.ctl(&["job", "get", &job]);
+        (status["step"].as_u64().unwrap_or(0) >= 2).then_some(())
+    });
+    cluster.kill(dies);
+    let done = cluster.wait_for_status(&job, &["succeeded", "failed"], JOB_TIMEOUT);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["step"], steps);
+    cluster.assert_each_prompt_used_once(&job, steps, 32);
+}
+
+/// A counter's value in a Prometheus text page (0 where it is missing).
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A third-party engine: llama.cpp's `llama-server` (built from source by `scripts/test.sh`)
@@ -224,42 +241,23 @@ fn a_job_generates_on_llama_cpp_server_and_outlives_a_dead_endpoint() {
         assert!((a - b).abs() < 1e-3, "{:?} against {:?}", theirs.1, ours.1);
     }
     cluster.kill("ours");
-    let endpoints = format!(
-        "rollout.endpoints=[\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
-        ports[0], ports[1]
+    job_outlives_a_dead_endpoint(
+        &mut cluster,
+        ports,
+        "llama1",
+        steps,
+        &["rollout.reload=\"none\""],
     );
-    let job = cluster.submit_tiny(&[
-        &format!("trainer.total_steps={steps}"),
-        "rollout.engine=\"openai\"",
-        "rollout.reload=\"none\"",
-        &endpoints,
-        "rollout.max_in_flight=8",
-    ]);
-    cluster.wait_until(JOB_TIMEOUT, "step 2", || {
-        let status = cluster.ctl(&["job", "get", &job]);
-        (status["step"].as_u64().unwrap_or(0) >= 2).then_some(())
-    });
-    cluster.kill("llama1");
-    let done = cluster.wait_for_status(&job, &["succeeded", "failed"], JOB_TIMEOUT);
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["step"], steps);
-    cluster.assert_each_prompt_used_once(&job, steps, 32);
 
     let log = std::fs::read_to_string(cluster.path("a1.log")).unwrap();
     assert!(log.contains("engine keeps its own weights"), "{log}");
     assert!(!log.contains("engine reloaded"), "{log}");
     // The live server generated the tokens (llama.cpp's own counter).
     let (_, _, metrics) = cluster::http_get(ports[1], "/metrics", None);
-    let predicted: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("llamacpp:tokens_predicted_total")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0);
-    assert!(predicted > 0.0, "{metrics}");
+    assert!(
+        metric(&metrics, "llamacpp:tokens_predicted_total") > 0.0,
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -195,31 +195,13 @@ impl Cluster {
 
     /// `grlo serve` of `model` on `port`, named `name` (logging to `<name>.log`).
     pub fn start_serve(&mut self, name: &str, port: u16, model: &Path) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.path(&format!("{name}.log")))
-            .expect("a log file");
-        let child = grlo()
+        let mut command = grlo();
+        command
             .args(["serve", "--model"])
             .arg(model)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(log.try_clone().expect("a log handle"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("grlo serve starts");
-        self.children.insert(name.to_string(), child);
-        let started = Instant::now();
-        let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        while !listening() || http_get(port, "/health", None).0 != 200 {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{name} never became healthy"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        self.start_http_server(name, port, command);
     }
 
     /// Starts llama.cpp's `llama-server` (`$GRLO_LLAMA_SERVER`, else the one `scripts/test.sh`
@@ -234,22 +216,30 @@ impl Cluster {
              llama.cpp's llama-server into target/llama.cpp (or point GRLO_LLAMA_SERVER at one)",
             server.display()
         );
+        let mut command = Command::new(&server);
+        command
+            .arg("--model")
+            .arg(gguf)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--threads", "1", "--parallel", "4", "--ctx-size", "8192"])
+            .args(["--metrics", "--no-webui"]);
+        self.start_http_server(name, port, command);
+    }
+
+    /// Spawns `command` as the role `name`, logging to `<name>.log`, and waits until it
+    /// answers `GET /health` on `port` with 200.
+    fn start_http_server(&mut self, name: &str, port: u16, mut command: Command) {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.path(&format!("{name}.log")))
             .expect("a log file");
-        let child = Command::new(&server)
-            .arg("--model")
-            .arg(gguf)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--threads", "1", "--parallel", "4", "--ctx-size", "8192"])
-            .args(["--metrics", "--no-webui"])
+        let child = command
             .stdout(log.try_clone().expect("a log handle"))
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{} does not start: {e}", server.display()));
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
         self.children.insert(name.to_string(), child);
         let started = Instant::now();
         let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
