@@ -676,10 +676,28 @@ mod tests {
                 "/v1/models",
                 get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "stub"}]})) }),
             );
+        serve(app).await
+    }
+
+    /// Serves `app` on a free port of 127.0.0.1: its URL.
+    async fn serve(app: axum::Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         url
+    }
+
+    /// `count` tasks' rollout on `engine`, off the runtime (it blocks on it), within `lease`.
+    async fn rollout(
+        engine: HttpEngine,
+        count: usize,
+        lease: Duration,
+    ) -> grlo_learner::Result<Vec<Trajectory>> {
+        tokio::task::spawn_blocking(move || {
+            engine.rollout(&tasks(count), &params(), 1, Instant::now() + lease)
+        })
+        .await
+        .unwrap()
     }
 
     fn tasks(count: usize) -> Vec<PromptTask> {
@@ -717,13 +735,7 @@ mod tests {
             stub.peak.store(0, std::sync::atomic::Ordering::SeqCst);
             let engine =
                 HttpEngine::new(&[dead.clone(), live.clone()], weights(), bound, None).unwrap();
-            let out = tokio::task::spawn_blocking(move || {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                engine.rollout(&tasks(12), &params(), 1, deadline)
-            })
-            .await
-            .unwrap()
-            .unwrap();
+            let out = rollout(engine, 12, Duration::from_secs(60)).await.unwrap();
             assert_eq!(out.len(), 24);
             for (i, t) in out.iter().enumerate() {
                 assert_eq!((t.prompt_id, t.sample_index), (i / 2, i % 2));
@@ -773,13 +785,7 @@ mod tests {
                 None,
             )
             .unwrap();
-            let out = tokio::task::spawn_blocking(move || {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                engine.rollout(&tasks(6), &params(), 1, deadline)
-            })
-            .await
-            .unwrap()
-            .unwrap();
+            let out = rollout(engine, 6, Duration::from_secs(60)).await.unwrap();
             assert_eq!(out.len(), 12);
             assert_eq!(stub.take_reloads(), expected, "{reload:?}");
         }
@@ -792,9 +798,7 @@ mod tests {
             "/v1/models",
             get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "m"}]})) }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let url = serve(app).await;
         let reload = RolloutReload::Vllm;
         let engine = HttpEngine::new(
             &[url],
@@ -806,14 +810,10 @@ mod tests {
             None,
         )
         .unwrap();
-        let err = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            engine.rollout(&tasks(1), &params(), 1, deadline)
-        })
-        .await
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+        let err = rollout(engine, 1, Duration::from_secs(60))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("VLLM_SERVER_DEV_MODE=1"), "{err}");
     }
 
@@ -824,18 +824,10 @@ mod tests {
             format!("http://{}", listener.local_addr().unwrap())
         };
         let engine = HttpEngine::new(std::slice::from_ref(&dead), weights(), 4, None).unwrap();
-        let err = tokio::task::spawn_blocking(move || {
-            engine.rollout(
-                &tasks(2),
-                &params(),
-                1,
-                Instant::now() + Duration::from_millis(800),
-            )
-        })
-        .await
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+        let err = rollout(engine, 2, Duration::from_millis(800))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lease ended") && err.contains(&dead), "{err}");
     }
 
