@@ -1,0 +1,1 @@
+//! A sandbox for untrusted Python: limits, no network, the whole process group killed.
