@@ -8,7 +8,18 @@
 //! - [`ifeval`]: IFEval's 25 instruction checks, strict and loose.
 //! - [`judge`]: win rates of judged benchmarks from reward-model scores.
 //! - [`score`]: one benchmark's responses to per-item results and metrics.
+//! - [`values`]: reading untrusted JSON values.
 
+pub mod benchmark;
 pub mod code;
+mod error;
 pub mod ifeval;
+pub mod judge;
+pub mod math;
 pub mod sandbox;
+pub mod score;
+pub mod values;
+
+pub use benchmark::{Benchmark, Format, Gold, Item};
+pub use error::{Error, Result};
+pub use score::{Options, Report, Sample};
