@@ -12,7 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/grlo/v1/reward.proto",
         "protos/grlo/v1/learner.proto",
     ];
-    tonic_prost_build::configure().compile_protos(&protos, &["protos"])?;
+    // The encoded descriptors, for server reflection (`grlo_proto::FILE_DESCRIPTOR_SET`).
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("grlo_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_protos(&protos, &["protos"])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

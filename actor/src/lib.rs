@@ -25,6 +25,7 @@ pub mod openai;
 pub mod serve;
 pub mod telemetry;
 
+pub use engine::{Generate, builtin, http};
 use engine::{LoadedPolicy, load_policy};
 pub use telemetry::ActorMetrics;
 

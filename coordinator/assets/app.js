@@ -338,6 +338,26 @@
     };
   }
 
+  // Validation (trainer.test_freq): every `val/...` key, at the steps that validated.
+  const VALIDATION_COLORS = ["#2563eb", "#ea580c", "#059669", "#7c3aed", "#dc2626", "#0891b2", "#ca8a04", "#db2777"];
+  function validationSpec(steps) {
+    const keys = [];
+    for (const s of steps) {
+      for (const key of Object.keys(s.metrics || {})) {
+        if (key.startsWith("val/") && !keys.includes(key)) keys.push(key);
+      }
+    }
+    return {
+      title: "Validation (val/...)",
+      empty: "no validation yet (trainer.test_freq)",
+      series: keys.slice(0, VALIDATION_COLORS.length).map((key, i) => ({
+        name: key,
+        color: VALIDATION_COLORS[i],
+        points: metric(steps, key).filter(([, y]) => finite(y)),
+      })),
+    };
+  }
+
   function metric(steps, key) {
     return steps.map((s) => [s.step, s.metrics ? s.metrics[key] : null]);
   }
@@ -374,6 +394,7 @@
       series: [{ name: "tokens_per_s", color: COLORS.throughput, points: metric(steps, "tokens_per_s") }],
     });
     drawChart(byId("chart-budget"), budgetSpec(steps));
+    drawChart(byId("chart-validation"), validationSpec(steps));
     drawSummary();
   }
 

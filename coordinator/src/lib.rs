@@ -69,12 +69,15 @@ pub async fn run(
     reporter
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
+    let reflection = grlo_proto::reflection::services(&["grlo.v1.Coordinator"]);
     let address = listener.local_addr()?;
     tracing::info!(%address, data_dir = %config.data_dir.display(), "coordinator serving");
     config
         .security
         .builder(Some(metrics.rpc()))?
         .add_service(health)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .add_service(CoordinatorServer::new(CoordinatorService { state: handle }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

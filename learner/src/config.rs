@@ -122,6 +122,10 @@ pub struct DataSection {
     /// Extra arguments of the chat template, e.g. `{ enable_thinking = false }`.
     #[serde(default)]
     pub chat_template_kwargs: toml::Table,
+    /// verl-format JSONL prompt files of the validation set: answered greedily every
+    /// `trainer.test_freq` steps and scored by the training rewards (`val/reward_mean`).
+    #[serde(default)]
+    pub val_files: Vec<String>,
 }
 
 /// Advantages and rewards.
@@ -429,6 +433,19 @@ pub struct TrainerSection {
     /// gradients and AdamW moments; norms, softmax, log-probs, values and losses in f32),
     /// `f32`, or `auto` (bf16 on CUDA, f32 on CPU).
     pub precision: PrecisionSetting,
+    /// Validate every this many steps (and after the last one): `data.val_files` and
+    /// `eval_benchmarks`, into `metrics.jsonl` as `val/...` keys; 0 never validates.
+    pub test_freq: usize,
+    /// Also validate before the first step (a `metrics.jsonl` line of step 0), as verl does.
+    pub val_before_train: bool,
+    /// Benchmarks scored at each validation, `name` or `name:N` (its first N items), e.g.
+    /// `["gsm8k:200", "ifeval:100"]`; judged ones use the training reward model as judge.
+    pub eval_benchmarks: Vec<String>,
+    /// Where the benchmarks' data is (`scripts/fetch-eval-data.sh DIR`); default
+    /// `$GRLO_EVAL_DATA`, else `target/eval-data`.
+    pub eval_data_dir: Option<String>,
+    /// The metric that picks a run's best step in its summary (largest wins).
+    pub best_metric: String,
 }
 
 /// `trainer.precision`.
@@ -454,6 +471,11 @@ impl Default for TrainerSection {
             seed: 42,
             save_dtype: "f32".into(),
             precision: PrecisionSetting::Auto,
+            test_freq: 0,
+            val_before_train: true,
+            eval_benchmarks: Vec::new(),
+            eval_data_dir: None,
+            best_metric: "val/reward_mean".into(),
         }
     }
 }
@@ -650,6 +672,8 @@ impl TrainConfig {
         self.model.reference.iter_mut().for_each(resolve);
         self.reward.model.iter_mut().for_each(resolve);
         self.data.train_files.iter_mut().for_each(resolve);
+        self.data.val_files.iter_mut().for_each(resolve);
+        self.trainer.eval_data_dir.iter_mut().for_each(resolve);
     }
 
     /// Every problem at once, so a person fixes the file in one go.
@@ -681,6 +705,41 @@ impl TrainConfig {
             &mut problems,
             blank_locations || !self.data.train_files.iter().any(String::is_empty),
             "data.train_files holds an empty path",
+        );
+        check(
+            &mut problems,
+            blank_locations || !self.data.val_files.iter().any(String::is_empty),
+            "data.val_files holds an empty path",
+        );
+        let t = &self.trainer;
+        check(
+            &mut problems,
+            t.test_freq == 0 || !self.data.val_files.is_empty() || !t.eval_benchmarks.is_empty(),
+            "trainer.test_freq is set but there is nothing to validate on \
+             (give data.val_files or trainer.eval_benchmarks)",
+        );
+        for spec in &t.eval_benchmarks {
+            match crate::evaluation::BenchmarkSpec::parse(spec) {
+                Err(e) => problems.push(format!("trainer.eval_benchmarks: {e}")),
+                Ok(spec) => check(
+                    &mut problems,
+                    spec.benchmark.kind() != grlo_eval::benchmark::Kind::Judged
+                        || self.reward.model.is_some(),
+                    &format!(
+                        "trainer.eval_benchmarks: {} is judged by the reward model, and \
+                         reward.model is not set",
+                        spec.benchmark.name()
+                    ),
+                ),
+            }
+        }
+        check(
+            &mut problems,
+            t.test_freq > 0
+                || t.val_before_train
+                || (self.data.val_files.is_empty() && t.eval_benchmarks.is_empty()),
+            "data.val_files or trainer.eval_benchmarks is set but never used \
+             (trainer.test_freq = 0 and trainer.val_before_train = false)",
         );
         check(
             &mut problems,

@@ -20,6 +20,7 @@
 use std::fmt;
 use std::path::Path;
 
+use grlo_eval::values::json_kind;
 use grlo_model::ChatMessage;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -128,8 +129,13 @@ pub enum LineError {
     #[error("unknown reward_model.style \"{0}\" (expected model or rule)")]
     UnknownStyle(String),
     /// Style `rule` without a ground truth to check against.
-    #[error("reward style rule needs a ground_truth")]
+    #[error(
+        "reward style rule needs a ground_truth (a code prompt may keep its tests in extra_info.test_cases, tests, test_list or input_output)"
+    )]
     RuleWithoutGroundTruth,
+    /// A code prompt whose tests cannot be read.
+    #[error("the tests of this code prompt (data_source or ability code): {0}")]
+    CodeTests(String),
 }
 
 /// Why a dataset could not be loaded.
@@ -232,9 +238,24 @@ fn parse_record(content: &str, id: usize, line: usize) -> Result<PromptRecord, L
         return Err(LineError::NotAnObject(json_kind(&value)));
     };
     let messages = parse_messages(object.get("prompt"))?;
-    let (style, ground_truth) = parse_reward_model(object.get("reward_model"))?;
+    let (style, mut ground_truth) = parse_reward_model(object.get("reward_model"))?;
+    let data_source = optional_string(&object, "data_source")?.unwrap_or_default();
+    let ability = optional_string(&object, "ability")?;
+    let extra_info = object.get("extra_info").cloned().unwrap_or(Value::Null);
+    if style == RewardStyle::Rule
+        && ground_truth.is_none()
+        && crate::reward::code::is_code(&data_source, ability.as_deref())
+    {
+        // Code datasets often keep their tests beside the prompt rather than as the answer.
+        ground_truth = crate::reward::code::tests_in_extra_info(&extra_info);
+    }
     if style == RewardStyle::Rule && ground_truth.is_none() {
         return Err(LineError::RuleWithoutGroundTruth);
+    }
+    if let Some(tests) = ground_truth.as_deref().filter(|_| {
+        style == RewardStyle::Rule && crate::reward::code::is_code(&data_source, ability.as_deref())
+    }) {
+        crate::reward::code::parse_tests(tests).map_err(LineError::CodeTests)?;
     }
     Ok(PromptRecord {
         id,
@@ -242,9 +263,9 @@ fn parse_record(content: &str, id: usize, line: usize) -> Result<PromptRecord, L
         messages,
         style,
         ground_truth,
-        data_source: optional_string(&object, "data_source")?.unwrap_or_default(),
-        ability: optional_string(&object, "ability")?,
-        extra_info: object.get("extra_info").cloned().unwrap_or(Value::Null),
+        data_source,
+        ability,
+        extra_info,
     })
 }
 
@@ -254,18 +275,6 @@ fn json_error(error: serde_json::Error) -> LineError {
     let position = format!(" at line {} column {}", error.line(), error.column());
     let message = full.strip_suffix(&position).unwrap_or(&full);
     LineError::InvalidJson(format!("{message} at column {}", error.column()))
-}
-
-/// The JSON type of a value, with an article, for messages.
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The messages of a `prompt`: a list of chat messages, or a string taken as one user message.
@@ -780,11 +789,19 @@ mod tests {
             ),
             (
                 r#"{"prompt": "Hi", "reward_model": {"style": "rule"}}"#,
-                "train.jsonl:2: reward style rule needs a ground_truth",
+                "train.jsonl:2: reward style rule needs a ground_truth (a code prompt may keep its tests in extra_info.test_cases, tests, test_list or input_output)",
             ),
             (
                 r#"{"prompt": "Hi", "reward_model": {"style": "rule", "ground_truth": ""}}"#,
-                "train.jsonl:2: reward style rule needs a ground_truth",
+                "train.jsonl:2: reward style rule needs a ground_truth (a code prompt may keep its tests in extra_info.test_cases, tests, test_list or input_output)",
+            ),
+            (
+                r#"{"prompt": "Hi", "data_source": "codecontests", "reward_model": {"style": "rule"}, "extra_info": {"index": 1}}"#,
+                "train.jsonl:2: reward style rule needs a ground_truth (a code prompt may keep its tests in extra_info.test_cases, tests, test_list or input_output)",
+            ),
+            (
+                r#"{"prompt": "Hi", "data_source": "codecontests", "reward_model": {"style": "rule", "ground_truth": {"inputs": ["1"]}}}"#,
+                "train.jsonl:2: the tests of this code prompt (data_source or ability code): ground_truth `outputs`: not a list",
             ),
             (
                 r#"{"prompt": "Hi", "ability": 3}"#,
@@ -799,6 +816,27 @@ mod tests {
             let text = format!("{good}\n{bad}\n{good}\n");
             assert_eq!(stop_error(&text), expected);
         }
+    }
+
+    #[test]
+    fn code_prompts_may_keep_their_tests_in_extra_info() {
+        let text = concat!(
+            r#"{"prompt": "Double it", "data_source": "codecontests", "reward_model": {"style": "rule"}, "#,
+            r#""extra_info": {"index": 4, "test_cases": {"inputs": ["2\n"], "outputs": ["4\n"]}}}"#,
+            "\n",
+            r#"{"prompt": "Add", "ability": "code", "reward_model": {"style": "rule", "ground_truth": "assert add(1, 2) == 3"}}"#,
+        );
+        let (records, _) = parse_prompts(text, "train.jsonl", BadLinePolicy::Stop).unwrap();
+        let tests: Value =
+            serde_json::from_str(records[0].ground_truth.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            tests,
+            serde_json::json!({"inputs": ["2\n"], "outputs": ["4\n"]})
+        );
+        assert_eq!(
+            records[1].ground_truth.as_deref(),
+            Some("assert add(1, 2) == 3")
+        );
     }
 
     #[test]

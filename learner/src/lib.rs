@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod evaluation;
 pub mod learner;
 pub mod loss;
 pub mod optim;
@@ -19,6 +20,7 @@ pub mod service;
 pub mod telemetry;
 pub mod trainer;
 pub mod trajectory;
+pub mod validation;
 pub mod wire;
 
 pub use config::TrainConfig;

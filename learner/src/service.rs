@@ -195,10 +195,13 @@ pub async fn run(
     reporter
         .set_serving::<LearnerServer<LearnerService>>()
         .await;
+    let reflection = grlo_proto::reflection::services(&["grlo.v1.Learner"]);
     let server = config
         .security
         .builder(Some(shared.metrics.registry.rpc()))?
         .add_service(health)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .add_service(LearnerServer::new(LearnerService {
             shared: shared.clone(),
         }))
@@ -459,6 +462,12 @@ impl TrainingJob {
         }
 
         let telemetry = self.shared.metrics.clone();
+        if step == 0
+            && recorded == 0
+            && let Some(metrics) = trainer.validate_before_training()?
+        {
+            telemetry.validation_metrics(&metrics);
+        }
         while step < total {
             let waited = Instant::now();
             let Some(trajectories) = self.wait_for_step(step + 1)? else {

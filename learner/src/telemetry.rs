@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use grlo_proto::metrics::prometheus::{Gauge, IntCounter, IntGauge};
+use grlo_proto::metrics::prometheus::{Gauge, GaugeVec, IntCounter, IntGauge};
 use grlo_proto::metrics::{Metrics, Phases};
 
 #[derive(Clone)]
@@ -17,6 +17,8 @@ pub struct LearnerMetrics {
     reward_mean: Gauge,
     response_len_mean: Gauge,
     approx_kl: Gauge,
+    /// The newest validation's metrics (`val/...` keys), by name.
+    validation: GaugeVec,
     pub trajectories_received: IntCounter,
     /// Trajectories spooled for the next step (a queue depth).
     pub buffered_trajectories: IntGauge,
@@ -40,6 +42,11 @@ impl Default for LearnerMetrics {
             approx_kl: m.gauge(
                 "approx_kl",
                 "Approximate KL of the last step's policy update",
+            ),
+            validation: m.gauge_vec(
+                "validation",
+                "The newest validation's metrics (trainer.test_freq), by metrics.jsonl key",
+                &["metric"],
             ),
             trajectories_received: m.counter(
                 "trajectories_received_total",
@@ -70,6 +77,21 @@ impl LearnerMetrics {
         ] {
             if let Some(value) = number(key) {
                 gauge.set(value);
+            }
+        }
+        self.validation_metrics(metrics);
+    }
+
+    /// A validation's `val/...` metrics (of a step, or of step 0 before training).
+    pub fn validation_metrics(&self, metrics: &serde_json::Value) {
+        let Some(metrics) = metrics.as_object() else {
+            return;
+        };
+        for (key, value) in metrics {
+            if let (true, Some(value)) = (key.starts_with("val/"), value.as_f64()) {
+                self.validation
+                    .with_label_values(&[key.as_str()])
+                    .set(value);
             }
         }
     }

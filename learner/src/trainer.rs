@@ -5,6 +5,7 @@
 //! plain trajectories between them, so the distributed roles can run the same code apart.
 
 use grlo_model::backend::ModelAutodiffBackend;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,6 +25,7 @@ use crate::optim::AdamW;
 use crate::reward::{RewardModel, Rewards};
 use crate::rollout::{PromptTask, RolloutParams, rollout, score};
 use crate::trajectory::Trajectory;
+use crate::validation::Validation;
 
 /// Rewrites `metrics.jsonl` without the lines of steps after `step` (none when fresh).
 fn keep_metrics_up_to(path: &Path, step: usize) -> Result<()> {
@@ -64,6 +66,9 @@ pub struct StepMetrics {
     pub train: TrainStats,
     /// Generated tokens per second of the whole step.
     pub tokens_per_s: f64,
+    /// `val/...` metrics, on the steps that validate (`trainer.test_freq`).
+    #[serde(flatten)]
+    pub validation: BTreeMap<String, f64>,
     pub generate_s: f64,
     pub score_s: f64,
     pub train_s: f64,
@@ -83,7 +88,18 @@ pub struct Summary {
     pub prompts_skipped_malformed: usize,
     pub run_dir: PathBuf,
     pub checkpoint: Option<String>,
+    /// The validated step with the largest `trainer.best_metric`, over the whole run
+    /// (`metrics.jsonl`, resumed parts included); `None` when no step has it.
+    pub best_step: Option<BestStep>,
     pub seconds: f64,
+}
+
+/// A run's best step by a validation metric.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BestStep {
+    pub metric: String,
+    pub step: u64,
+    pub value: f64,
 }
 
 /// Everything one training run holds.
@@ -104,6 +120,7 @@ pub struct Trainer<A: ModelAutodiffBackend> {
     history: Vec<f64>,
     rejected: usize,
     last_checkpoint: Option<String>,
+    validation: Option<Validation>,
 }
 
 /// Which device each of the learner's models lives on (`actor.device`, `critic.device`,
@@ -168,6 +185,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         let pretrained = Pretrained::<A>::load(&policy_location, device)?;
         let tokenizer = pretrained.tokenizer()?.clone();
         let policy_dir = pretrained.dir.clone();
+        let max_positions = pretrained.model.config.max_position_embeddings;
         let stop_token_ids = pretrained.stop_token_ids()?;
         if stop_token_ids.is_empty() {
             return Err(LearnerError::Invalid(format!(
@@ -289,6 +307,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             max_batch_rows: config.rollout.max_batch_rows,
             max_cache_tokens: config.rollout.max_cache_tokens,
         };
+        let validation = Validation::load(&config, &tokenizer, &rollout_params, max_positions)?;
         let resolved = toml::to_string_pretty(&config).expect("a config serialises");
         std::fs::write(run_dir.join("config.toml"), resolved)
             .map_err(|e| LearnerError::write(&run_dir, e))?;
@@ -319,6 +338,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             history: Vec::new(),
             rejected: 0,
             last_checkpoint: resumed_from,
+            validation,
         })
     }
 
@@ -339,10 +359,80 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         self.learner.step
     }
 
+    /// The current policy's `val/...` metrics (none when nothing is validated on).
+    pub fn validate(&mut self) -> Result<BTreeMap<String, f64>> {
+        let Some(validation) = &self.validation else {
+            return Ok(BTreeMap::new());
+        };
+        let started = Instant::now();
+        let policy = self.learner.policy.valid();
+        let metrics = validation.run(
+            &policy,
+            &self.tokenizer,
+            &mut self.rewards,
+            self.learner.step as u64,
+        )?;
+        tracing::info!(step = self.learner.step, seconds = started.elapsed().as_secs_f64(),
+            metrics = ?metrics, "validated");
+        Ok(metrics)
+    }
+
+    /// Whether the step just trained (`learner.step`) validates: every `trainer.test_freq`
+    /// steps and after the last.
+    /// The best step so far by `trainer.best_metric`, from `metrics.jsonl`.
+    fn best_step(&self) -> Option<BestStep> {
+        let metric = &self.learner.config.trainer.best_metric;
+        let text = std::fs::read_to_string(self.run_dir.join("metrics.jsonl")).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        crate::validation::best_step(&lines, metric).map(|(step, value)| BestStep {
+            metric: metric.clone(),
+            step,
+            value,
+        })
+    }
+
+    fn validates_now(&self) -> bool {
+        let every = self.learner.config.trainer.test_freq;
+        self.validation.is_some()
+            && every > 0
+            && (self.learner.step.is_multiple_of(every)
+                || self.learner.step == self.learner.total_steps)
+    }
+
+    /// With `trainer.val_before_train`, validates the untrained policy of a fresh run into a
+    /// `metrics.jsonl` line of step 0.
+    pub fn validate_before_training(&mut self) -> Result<Option<serde_json::Value>> {
+        let path = self.run_dir.join("metrics.jsonl");
+        let done_before = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|m| m["step"] == 0));
+        if self.validation.is_none()
+            || !self.learner.config.trainer.val_before_train
+            || self.learner.step != 0
+            || done_before
+        {
+            return Ok(None);
+        }
+        let mut line = serde_json::Map::new();
+        line.insert("step".into(), 0.into());
+        for (key, value) in self.validate()? {
+            line.insert(key, value.into());
+        }
+        let line = serde_json::Value::Object(line);
+        writeln!(self.metrics, "{line}")
+            .map_err(|e| LearnerError::write(self.run_dir.join("metrics.jsonl"), e))?;
+        Ok(Some(line))
+    }
+
     /// Runs the remaining steps, saving every `save_every` steps and at the end;
     /// `on_step` sees each step's metrics (for progress display).
     pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<Summary> {
         let start = Instant::now();
+        self.validate_before_training()?;
         let save_every = self.learner.config.trainer.save_every;
         while self.learner.step < self.learner.total_steps {
             let metrics = self.step()?;
@@ -370,6 +460,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             prompts_skipped_malformed: self.skipped_malformed,
             run_dir: self.run_dir.clone(),
             checkpoint: self.last_checkpoint.clone(),
+            best_step: self.best_step(),
             seconds: start.elapsed().as_secs_f64(),
         };
         let text = serde_json::to_string_pretty(&summary).expect("a summary serialises");
@@ -465,7 +556,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             self.rejected += 1;
         }
 
-        let metrics = step_metrics(
+        let mut metrics = step_metrics(
             trajectories,
             self.learner.step,
             epoch,
@@ -475,6 +566,9 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             train_s,
             step_start,
         );
+        if self.validates_now() {
+            metrics.validation = self.validate()?;
+        }
         self.history.push(metrics.reward_mean);
         let line = serde_json::to_string(&metrics).expect("metrics serialise");
         writeln!(self.metrics, "{line}")
@@ -656,7 +750,7 @@ pub struct Dataset {
 /// Loads every prompt file, renders each prompt with the chat template and filters overlong ones.
 pub fn load_dataset(config: &TrainConfig, tokenizer: &Tokenizer) -> Result<Dataset> {
     let (records, prompt_ids, filtered_overlong, skipped_malformed) =
-        load_prompt_files(config, tokenizer)?;
+        load_prompt_files(config, &config.data.train_files, tokenizer)?;
     Ok(Dataset {
         records,
         prompt_ids,
@@ -665,14 +759,17 @@ pub fn load_dataset(config: &TrainConfig, tokenizer: &Tokenizer) -> Result<Datas
     })
 }
 
+/// Loads prompt `files` (the training or the validation set) as `config.data` says: rendered
+/// with the chat template, overlong ones filtered.
 #[allow(clippy::type_complexity)]
-fn load_prompt_files(
+pub(crate) fn load_prompt_files(
     config: &TrainConfig,
+    files: &[String],
     tokenizer: &Tokenizer,
 ) -> Result<(Vec<PromptRecord>, Vec<Vec<u32>>, usize, usize)> {
     let mut records = Vec::new();
     let mut skipped = 0;
-    for file in &config.data.train_files {
+    for file in files {
         let (loaded, report) = load_prompts(Path::new(file), config.data.on_bad_line)?;
         skipped += report.skipped.len();
         records.extend(loaded);
@@ -770,6 +867,7 @@ fn step_metrics(
         response_clip_frac: clipped as f64 / n,
         train,
         tokens_per_s: generated as f64 / step_s.max(1e-9),
+        validation: BTreeMap::new(),
         generate_s,
         score_s,
         train_s,

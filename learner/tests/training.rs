@@ -233,3 +233,45 @@ fn overlong_prompts_are_filtered_and_counted() {
     assert_eq!(summary.prompts_skipped_malformed, 1);
     assert_eq!(summary.prompts, 64);
 }
+
+/// `data.val_files` with `trainer.test_freq`: the untrained policy is validated (step 0),
+/// then every `test_freq` steps and after the last; the summary's best step is the one with
+/// the largest `trainer.best_metric` among those lines.
+#[test]
+fn validation_lands_in_the_metrics_and_names_the_best_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = dir.path().join("val");
+    std::fs::create_dir_all(&val).unwrap();
+    let val_file = write_prompts(&val, 6);
+    let mut config = config(dir.path(), "gae", 1, 3, "");
+    config.data.val_files = vec![val_file.display().to_string()];
+    config.trainer.test_freq = 2;
+    config.trainer.best_metric = "val/toy/reward_mean".into();
+    let mut trainer = Trainer::<A>::new(config, &Default::default(), false).unwrap();
+    trainer.set_rewards(Rewards::custom(Box::new(LowIds)));
+    let summary = trainer.run(|_| {}).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let validated: Vec<(u64, f64)> = lines
+        .iter()
+        .filter_map(|l| Some((l["step"].as_u64()?, l.get("val/toy/reward_mean")?.as_f64()?)))
+        .collect();
+    assert_eq!(validated.iter().map(|v| v.0).collect::<Vec<_>>(), [0, 2, 3]);
+    for line in lines.iter().filter(|l| l.get("val/reward_mean").is_some()) {
+        assert_eq!(
+            line["val/reward_mean"], line["val/toy/reward_mean"],
+            "one data source"
+        );
+        assert!(line["val/response_len_mean"].as_f64().unwrap() > 0.0);
+    }
+    let top = validated.iter().map(|v| v.1).fold(f64::MIN, f64::max);
+    let best = validated.iter().find(|v| v.1 == top).unwrap();
+    let got = summary.best_step.expect("a best step");
+    assert_eq!(
+        (got.metric.as_str(), got.step, got.value),
+        ("val/toy/reward_mean", best.0, best.1)
+    );
+}

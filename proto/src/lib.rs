@@ -10,5 +10,6 @@ pub mod status;
 
 pub use v1::*;
 pub mod metrics;
+pub mod reflection;
 pub mod security;
 pub mod worker;

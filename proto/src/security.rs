@@ -111,6 +111,10 @@ pub fn needs(path: &str) -> Needs {
         .unwrap_or((path, ""));
     match (service, method) {
         ("grpc.health.v1.Health", _) => Needs::Nothing,
+        // Reflection describes the public schema only (see crate::reflection).
+        ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => {
+            Needs::Nothing
+        }
         (
             "grlo.v1.Coordinator",
             "RegisterWorker" | "Heartbeat" | "LeaseTask" | "CompleteTask" | "PublishWeights"
@@ -540,6 +544,12 @@ mod tests {
             Err(tonic::Code::Unauthenticated)
         );
         assert_eq!(code("/grpc.health.v1.Health/Check", None), Ok(()));
+        for path in [
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(code(path, None), Ok(()), "{path}");
+        }
         assert_eq!(
             code("/grlo.v1.RewardServer/Score", Some("Bearer a-token")),
             Ok(())

@@ -188,8 +188,11 @@ pub async fn serve_with<B: ModelBackend>(
     let mut builder = security
         .builder(rpc)
         .map_err(|e| RewardServerError::Config(e.to_string()))?;
+    let reflection = grlo_proto::reflection::services(&["grlo.v1.RewardServer"]);
     let served = builder
         .add_service(health_service)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .add_service(
             RewardServerServer::new(service).max_decoding_message_size(config.max_request_bytes),
         )

@@ -1,6 +1,7 @@
 //! Checking a `ScoreRequest` before any work is done for it, and turning its items into rule
 //! scores and reward-model conversations.
 
+use grlo_learner::reward::code;
 use grlo_learner::reward::rule::rule_reward;
 use grlo_model::ChatMessage;
 use grlo_proto::status::Failure;
@@ -17,6 +18,8 @@ pub(crate) enum Style {
     Model,
     /// A rule verifier against the item's ground truth.
     Rule,
+    /// A rule item of a code source: its program runs against the tests in its ground truth.
+    Code,
 }
 
 /// The bounds a request is checked against.
@@ -69,6 +72,12 @@ fn validate_item(i: usize, item: &ScoreItem, limits: Limits) -> Result<Style, St
         return Err(format!(
             "items[{i}].ground_truth is empty: style \"rule\" checks the response against it"
         ));
+    }
+    let ability = Some(item.ability.as_str()).filter(|a| !a.is_empty());
+    if style == Style::Rule && code::is_code(&item.data_source, ability) {
+        code::parse_tests(&item.ground_truth)
+            .map_err(|e| format!("items[{i}].ground_truth: the tests of a code item: {e}"))?;
+        return Ok(Style::Code);
     }
     if style == Style::Model && item.prompt.is_empty() {
         return Err(format!(

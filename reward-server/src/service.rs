@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use grlo_learner::reward::code;
 use grlo_proto::status::Failure;
 use grlo_proto::v1::reward_server_server::RewardServer;
 use grlo_proto::v1::{ScoreItem, ScoreRequest, ScoreResponse};
@@ -142,9 +143,11 @@ fn prepare(
         model_indices: Vec::new(),
         model_ids: Vec::new(),
     };
+    let mut code_items = Vec::new();
     for (i, (item, &style)) in items.into_iter().zip(styles).enumerate() {
         match (style, encoder) {
             (Style::Rule, _) => prepared.scores[i] = request::rule_score(&item),
+            (Style::Code, _) => code_items.push((i, item)),
             (Style::Model, Some(encoder)) => {
                 let ids = encoder
                     .encode(&request::conversation(item))
@@ -159,6 +162,19 @@ fn prepare(
                     "items[{i}] has style model but no encoder was passed"
                 )));
             }
+        }
+    }
+    if !code_items.is_empty() {
+        let pairs: Vec<(&str, &str)> = code_items
+            .iter()
+            .map(|(_, item)| (item.response.as_str(), item.ground_truth.as_str()))
+            .collect();
+        let rewards = code::code_rewards(&pairs).map_err(|e| {
+            Failure::FailedPrecondition
+                .status(format!("this reward server cannot score code items: {e}"))
+        })?;
+        for ((i, _), reward) in code_items.iter().zip(rewards) {
+            prepared.scores[*i] = reward;
         }
     }
     Ok(prepared)

@@ -330,6 +330,58 @@ async fn rule_verifiers_work_without_a_reward_model() {
     server.await.unwrap().unwrap();
 }
 
+/// Code items (rule style, a code data source) run their programs against their tests in
+/// the sandbox: asserts and stdin/stdout cases, beside other rule items, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_items_are_scored_by_running_their_tests() {
+    let server = Sandbox::start(RewardServerConfig::default()).await;
+    let mut client = server.client().await;
+    let asserts = "assert add(1, 2) == 3\nassert add(-1, 1) == 0";
+    let stdio = r#"{"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"]}"#;
+    let items = vec![
+        rule_item(
+            "Here:\n```python\ndef add(a, b):\n    return a + b\n```",
+            asserts,
+            "codecontests",
+        ),
+        rule_item(
+            "def add(a, b):\n    return a - b\n",
+            asserts,
+            "codecontests",
+        ),
+        rule_item("We get \\boxed{4}", "4", "openai/gsm8k"),
+        rule_item(
+            "```python\nprint(int(input()) * 2)\n```",
+            stdio,
+            "likaixin/TACO-verified",
+        ),
+        rule_item("print(int(input()) + 2)", stdio, "likaixin/TACO-verified"),
+        rule_item("import os\nos._exit(0)", asserts, "apps"),
+    ];
+    let scores = client
+        .score(request(items))
+        .await
+        .unwrap()
+        .into_inner()
+        .scores;
+    assert_eq!(scores, [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+
+    let bad = vec![
+        rule_item("print(1)", "4", "openai/gsm8k"),
+        rule_item("print(1)", r#"{"inputs": ["1"]}"#, "codecontests"),
+    ];
+    let status = client.score(request(bad)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("items[1].ground_truth: the tests of a code item"),
+        "{}",
+        status.message()
+    );
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_invalid_arguments_naming_the_item() {
     let server = Sandbox::start(RewardServerConfig {

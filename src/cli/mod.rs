@@ -7,6 +7,7 @@ pub mod bench_rollout;
 pub mod bench_service;
 pub mod bench_step;
 pub mod ctl;
+pub mod eval;
 pub mod model;
 pub mod plan;
 pub mod plot;

@@ -220,10 +220,13 @@ pub fn actor(args: ActorArgs) -> anyhow::Result<String> {
             let (reporter, health) = tonic_health::server::health_reporter();
             let stop = shutdown.clone();
             let mut server = security.builder(None)?;
+            let reflection = grlo_proto::reflection::services(&[]);
             tokio::spawn(async move {
                 let _reporter = reporter; // "" reports SERVING while the actor runs
                 let served = server
                     .add_service(health)
+                    .add_service(reflection.0)
+                    .add_service(reflection.1)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         stop.cancelled_owned(),

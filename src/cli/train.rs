@@ -60,6 +60,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<String> {
         ),
     };
     let config = config.with_overrides(&args.overrides, "the configuration")?;
+    grlo_learner::validation::check_benchmark_data(&config)?;
     let device: DeviceArg = config.trainer.device.parse().map_err(anyhow::Error::msg)?;
     let run_dir = PathBuf::from(&config.trainer.run_dir);
     let database = run_dir.join("coordinator");
@@ -231,7 +232,12 @@ impl InProcess {
         if !failures.is_empty() {
             bail!("roles failed while stopping: {}", failures.join("; "));
         }
-        summary(&job, &run_dir, started.elapsed().as_secs_f64())
+        summary(
+            &job,
+            &run_dir,
+            &self.config.trainer.best_metric,
+            started.elapsed().as_secs_f64(),
+        )
     }
 
     /// Submits the job (or finds it again when resuming) and follows it to its end.
@@ -309,7 +315,12 @@ async fn join(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
 }
 
 /// What the run did, from the job and its metrics.jsonl.
-fn summary(job: &v1::Job, run_dir: &Path, seconds: f64) -> anyhow::Result<Value> {
+fn summary(
+    job: &v1::Job,
+    run_dir: &Path,
+    best_metric: &str,
+    seconds: f64,
+) -> anyhow::Result<Value> {
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
     let steps: Vec<Value> = metrics
         .lines()
@@ -337,6 +348,8 @@ fn summary(job: &v1::Job, run_dir: &Path, seconds: f64) -> anyhow::Result<Value>
         "first_reward_mean": rewards.first(),
         "last_reward_mean": rewards.last(),
         "best_reward_mean": rewards.iter().copied().reduce(f64::max),
+        "best_step": grlo_learner::validation::best_step(&steps, best_metric)
+            .map(|(step, value)| json!({"metric": best_metric, "step": step, "value": value})),
         "rejected_steps": steps.iter().filter(|m| !m["rejected"].is_null()).count(),
         "run_dir": run_dir,
         "checkpoint": checkpoint,

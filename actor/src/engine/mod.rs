@@ -28,7 +28,7 @@ pub(crate) struct LoadedPolicy {
 }
 
 /// Generation on whichever backend the policy was loaded on.
-pub(crate) trait Generate: Send {
+pub trait Generate: Send {
     /// `n` samples of every task, in task order; gives up at `deadline` (the task's lease).
     fn rollout(
         &self,
@@ -53,6 +53,32 @@ impl<B: ModelBackend> Generate for OnBackend<B> {
     ) -> grlo_learner::Result<Vec<Trajectory>> {
         rollout(&self.model, tasks, params, version)
     }
+}
+
+/// The built-in engine on a loaded model, for generation outside the task loop (`grlo eval`).
+pub fn builtin<B: ModelBackend>(model: Model<B>) -> Box<dyn Generate> {
+    Box::new(OnBackend { model })
+}
+
+/// OpenAI-compatible servers that keep their own weights (`rollout.reload = "none"`), for
+/// generation outside the task loop (`grlo eval --engine openai`). Must be called inside a
+/// tokio runtime, and [`Generate::rollout`] outside one (it blocks on that runtime).
+pub fn http(
+    endpoints: &[String],
+    max_in_flight: usize,
+    authorization: Option<String>,
+) -> anyhow::Result<Box<dyn Generate>> {
+    let weights = openai::Weights {
+        path: String::new(),
+        version: 0,
+        reload: RolloutReload::None,
+    };
+    Ok(Box::new(openai::HttpEngine::new(
+        endpoints,
+        weights,
+        max_in_flight,
+        authorization,
+    )?))
 }
 
 /// The CUDA device `cuda` or `cuda:N` names (N defaults to 0).

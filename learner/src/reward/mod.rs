@@ -2,6 +2,7 @@
 //! reward model (`model`) or a rule verifier (`rule`); tests and custom tasks can plug in
 //! their own function.
 
+pub mod code;
 pub mod model;
 pub mod rule;
 
@@ -55,8 +56,15 @@ impl<B: ModelBackend> Rewards<B> {
         let mut scores = vec![0f32; inputs.len()];
         let mut by_model = Vec::new();
         let mut conversations = Vec::new();
+        let mut by_code = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
-            match input.record.style {
+            let record = input.record;
+            match record.style {
+                RewardStyle::Rule
+                    if code::is_code(&record.data_source, record.ability.as_deref()) =>
+                {
+                    by_code.push(i);
+                }
                 RewardStyle::Rule => {
                     let truth = input.record.ground_truth.as_deref().unwrap_or("");
                     scores[i] = rule::rule_reward(
@@ -74,6 +82,23 @@ impl<B: ModelBackend> Rewards<B> {
                 }
             }
         }
+        if !by_code.is_empty() {
+            let pairs: Vec<(&str, &str)> = by_code
+                .iter()
+                .map(|&i| {
+                    let input = &inputs[i];
+                    (
+                        input.response_text,
+                        input.record.ground_truth.as_deref().unwrap_or(""),
+                    )
+                })
+                .collect();
+            let rewards = code::code_rewards(&pairs)
+                .map_err(|e| LearnerError::Reward(format!("code prompts: {e}")))?;
+            for (i, reward) in by_code.into_iter().zip(rewards) {
+                scores[i] = reward;
+            }
+        }
         if !by_model.is_empty() {
             let Some(model) = &self.model else {
                 return Err(LearnerError::Reward(format!(
@@ -86,5 +111,53 @@ impl<B: ModelBackend> Rewards<B> {
             }
         }
         Ok(scores)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn record(id: usize, data_source: &str, ground_truth: &str) -> PromptRecord {
+        PromptRecord {
+            id,
+            line: id + 1,
+            messages: vec![ChatMessage::new("user", "Solve it.")],
+            style: RewardStyle::Rule,
+            ground_truth: Some(ground_truth.into()),
+            data_source: data_source.into(),
+            ability: None,
+            extra_info: Value::Null,
+        }
+    }
+
+    /// Code prompts run their tests in the sandbox beside math prompts, each in its place.
+    #[test]
+    fn code_prompts_are_scored_by_their_tests() {
+        let records = [
+            record(0, "codecontests", "assert add(2, 2) == 4"),
+            record(1, "openai/gsm8k", "4"),
+            record(2, "codecontests", "assert add(2, 2) == 4"),
+            record(3, "taco", r#"{"inputs": ["3\n"], "outputs": ["9\n"]}"#),
+        ];
+        let responses = [
+            "```python\ndef add(a, b):\n    return a + b\n```",
+            "\\boxed{4}",
+            "def add(a, b):\n    return a * b + 1\n",
+            "n = int(input())\nprint(n * n)",
+        ];
+        let inputs: Vec<RewardInput<'_>> = records
+            .iter()
+            .zip(responses)
+            .map(|(record, text)| RewardInput {
+                record,
+                response_ids: &[],
+                response_text: text,
+            })
+            .collect();
+        let mut rewards = Rewards::<grlo_model::backend::Cpu>::new(None);
+        assert_eq!(rewards.score(&inputs).unwrap(), [1.0, 1.0, 0.0, 1.0]);
     }
 }
