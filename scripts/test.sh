@@ -11,7 +11,10 @@
 #     names a browser or one is on PATH;
 #   - the official `openai` Python client (PyPI) in a venv at target/test-venv, for
 #     tests/serve_openai.rs (which finds it there, or at $GRLO_TEST_PYTHON);
-#   - grpcio and grpcio-reflection (PyPI) into that venv, for tests/reflection.rs;
+#   - grpcio, grpcio-tools (examples/python/requirements.txt) and grpcio-reflection (PyPI) into
+#     that venv, for tests/reflection.rs and tests/python_client.rs;
+#   - tensorboard and an MLflow tracking server (mlflow-skinny with Flask, SQLAlchemy, alembic
+#     and the rest `mlflow server` imports; PyPI) into that venv, for tests/tracking.rs;
 #   - nltk, langdetect and nltk's punkt_tab data (from llama-index-core's wheel, pinned by hash)
 #     into that venv, for IFEval's library checks (skipped when $GRLO_IFEVAL_PYTHON is set);
 #   - the evaluation benchmarks' data, unzipped from PyPI wheels by scripts/fetch-eval-data.sh
@@ -96,9 +99,18 @@ if [ -z "${GRLO_LLAMA_SERVER:-}" ] && [ ! -x "$llama/bin/llama-server" ]; then
     mkdir -p "$llama/bin"
     cp "$llama/build/bin/llama-server" "$llama/bin/llama-server"
 fi
-if ! "$GRLO_TEST_PYTHON" -c 'import grpc, grpc_reflection.v1alpha' 2>/dev/null; then
-    echo "== installing grpcio and grpcio-reflection into the test venv, for tests/reflection.rs"
-    "$GRLO_TEST_PYTHON" -m pip install --quiet grpcio grpcio-reflection
+if ! "$GRLO_TEST_PYTHON" -c 'import grpc, grpc_tools, grpc_reflection.v1alpha' 2>/dev/null; then
+    echo "== installing grpcio, grpcio-tools and grpcio-reflection into the test venv, for tests/reflection.rs and tests/python_client.rs"
+    "$GRLO_TEST_PYTHON" -m pip install --quiet -r examples/python/requirements.txt grpcio-reflection
+fi
+# Experiment tracking's readers and server (tests/tracking.rs): tensorboard's EventAccumulator,
+# and an MLflow tracking server (mlflow-skinny and what `mlflow server` imports, not the whole
+# of mlflow with its pyarrow, scipy and scikit-learn).
+if ! "$GRLO_TEST_PYTHON" -c 'import tensorboard, mlflow.server, flask, sqlalchemy, alembic' 2>/dev/null; then
+    echo "== installing tensorboard and an MLflow tracking server into the test venv, for tests/tracking.rs"
+    "$GRLO_TEST_PYTHON" -m pip install --quiet -r examples/python/requirements.txt \
+        tensorboard==2.21.0 mlflow-skinny==3.17.2 Flask==3.1.3 SQLAlchemy==2.1.9 alembic==1.20.1 \
+        flask-cors==6.0.5 aiohttp==3.14.5 numpy==2.4.6 pandas==3.1.1
 fi
 if ! "$GRLO_TEST_PYTHON" -c 'import gguf' 2>/dev/null; then
     echo "== installing llama.cpp's gguf package into the test venv, for tests/python/hf_to_gguf.py"

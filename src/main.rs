@@ -85,7 +85,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    // Services log what they do; one-shot commands only warnings. GRLO_LOG overrides both.
+    // Services log what they do; one-shot commands only warnings and the console logger's
+    // step lines (trainer.logger). GRLO_LOG overrides both.
     let serving = matches!(
         cli.command,
         Command::RewardServer(_)
@@ -97,7 +98,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GRLO_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })
+                tracing_subscriber::EnvFilter::new(if serving {
+                    "info"
+                } else {
+                    "warn,grlo::console=info"
+                })
             }),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

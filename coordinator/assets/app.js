@@ -105,15 +105,9 @@
 
   // ----- charts -----
 
-  const COLORS = {
-    reward: "#2563eb",
-    length: "#ea580c",
-    kl: "#7c3aed",
-    klReference: "#dc2626",
-    throughput: "#059669",
-    budget: "#0891b2",
-    limit: "#6b7280",
-  };
+  /** The charts and summary keys (assets/charts.json, the list `grlo ctl job plot` draws too). */
+  let chartList = null;
+
   const FONT = "system-ui, 'DejaVu Sans', sans-serif";
 
   /**
@@ -303,7 +297,8 @@
   }
 
   /** The budget chart: what is left of a budget, or what was used when there is none. */
-  function budgetSpec(steps) {
+  function budgetSpec(steps, chart) {
+    const [leftColor, limitColor] = chart.colors;
     const last = steps[steps.length - 1];
     const gpuUsed = steps.some((s) => s.gpu_seconds_used > 0);
     const cpuUsed = steps.some((s) => s.cpu_seconds_used > 0);
@@ -314,17 +309,17 @@
     const limit = last ? (gpu ? last.gpu_seconds_limit : last.cpu_seconds_limit) / 3600 : 0;
     if (limit > 0) {
       return {
-        title: "Budget burn-down: " + unit + " left of " + show(limit),
+        title: chart.title + " burn-down: " + unit + " left of " + show(limit),
         zero: true,
         series: [
           {
             name: "left",
-            color: COLORS.budget,
+            color: leftColor,
             points: steps.map((s) => [s.step, Math.max(0, limit - used(s))]),
           },
           {
             name: "budget",
-            color: COLORS.limit,
+            color: limitColor,
             dash: [6, 4],
             points: steps.map((s) => [s.step, limit]),
           },
@@ -332,30 +327,46 @@
       };
     }
     return {
-      title: "Budget: " + unit + " used (no budget set)",
+      title: chart.title + ": " + unit + " used (no budget set)",
       zero: true,
-      series: [{ name: "used", color: COLORS.budget, points: steps.map((s) => [s.step, used(s)]) }],
+      series: [{ name: "used", color: leftColor, points: steps.map((s) => [s.step, used(s)]) }],
     };
   }
 
-  // Validation (trainer.test_freq): every `val/...` key, at the steps that validated.
-  const VALIDATION_COLORS = ["#2563eb", "#ea580c", "#059669", "#7c3aed", "#dc2626", "#0891b2", "#ca8a04", "#db2777"];
-  function validationSpec(steps) {
+  /** A `prefix` chart: every key that starts with its prefix (e.g. `val/`), as logged. */
+  function prefixSpec(steps, chart) {
     const keys = [];
     for (const s of steps) {
       for (const key of Object.keys(s.metrics || {})) {
-        if (key.startsWith("val/") && !keys.includes(key)) keys.push(key);
+        if (key.startsWith(chart.prefix) && !keys.includes(key)) keys.push(key);
       }
     }
     return {
-      title: "Validation (val/...)",
-      empty: "no validation yet (trainer.test_freq)",
-      series: keys.slice(0, VALIDATION_COLORS.length).map((key, i) => ({
+      title: chart.title,
+      empty: chart.empty,
+      zero: chart.zero,
+      series: keys.slice(0, chart.colors.length).map((key, i) => ({
         name: key,
-        color: VALIDATION_COLORS[i],
+        color: chart.colors[i],
         points: metric(steps, key).filter(([, y]) => finite(y)),
       })),
     };
+  }
+
+  /** A `series` chart: its keys' lines (an optional one only when some step has it). */
+  function seriesSpec(steps, chart) {
+    const series = [];
+    for (const line of chart.series) {
+      const points = metric(steps, line.key);
+      if (line.optional && !points.some(([, y]) => finite(y))) continue;
+      const drawn = { name: line.key, color: line.color, points };
+      if (line.band_std) {
+        const std = metric(steps, line.band_std);
+        drawn.band = points.map(([x, y], i) => [x, y - std[i][1], y + std[i][1]]);
+      }
+      series.push(drawn);
+    }
+    return { title: chart.title, zero: chart.zero, empty: chart.empty, series };
   }
 
   function metric(steps, key) {
@@ -363,39 +374,27 @@
   }
 
   function drawAll() {
+    if (!chartList) return;
     const steps = loaded.steps;
-    const reward = metric(steps, "reward_mean");
-    const std = metric(steps, "reward_std");
-    drawChart(byId("chart-reward"), {
-      title: "Reward (mean ± std)",
-      series: [
-        {
-          name: "reward_mean",
-          color: COLORS.reward,
-          points: reward,
-          band: reward.map(([x, y], i) => [x, y - std[i][1], y + std[i][1]]),
-        },
-      ],
-    });
-    drawChart(byId("chart-length"), {
-      title: "Response length (mean tokens)",
-      zero: true,
-      series: [{ name: "response_len_mean", color: COLORS.length, points: metric(steps, "response_len_mean") }],
-    });
-    const kl = [{ name: "approx_kl", color: COLORS.kl, points: metric(steps, "approx_kl") }];
-    const reference = metric(steps, "kl_to_reference");
-    if (reference.some(([, y]) => finite(y))) {
-      kl.push({ name: "kl_to_reference", color: COLORS.klReference, points: reference });
+    const specs = { series: seriesSpec, prefix: prefixSpec, budget: budgetSpec };
+    for (const chart of chartList.charts) {
+      drawChart(byId("chart-" + chart.id), specs[chart.kind](steps, chart));
     }
-    drawChart(byId("chart-kl"), { title: "KL divergence", series: kl });
-    drawChart(byId("chart-throughput"), {
-      title: "Throughput (tokens/s)",
-      zero: true,
-      series: [{ name: "tokens_per_s", color: COLORS.throughput, points: metric(steps, "tokens_per_s") }],
-    });
-    drawChart(byId("chart-budget"), budgetSpec(steps));
-    drawChart(byId("chart-validation"), validationSpec(steps));
     drawSummary();
+  }
+
+  /** One figure and canvas per chart of the list, before the summary. */
+  function buildCharts() {
+    const summary = document.querySelector("#charts .grid .summary");
+    for (const chart of chartList.charts) {
+      const figure = document.createElement("figure");
+      figure.className = "chart";
+      const canvas = document.createElement("canvas");
+      canvas.id = "chart-" + chart.id;
+      canvas.setAttribute("aria-label", chart.title);
+      figure.append(canvas);
+      summary.before(figure);
+    }
   }
 
   function drawSummary() {
@@ -407,18 +406,7 @@
       const m = last.metrics || {};
       rows.push(["step", String(last.step)]);
       rows.push(["finished", new Date(last.time_ms).toLocaleTimeString("en-GB")]);
-      for (const key of [
-        "reward_mean",
-        "reward_std",
-        "response_len_mean",
-        "approx_kl",
-        "kl_to_reference",
-        "entropy",
-        "policy_loss",
-        "grad_norm",
-        "tokens_per_s",
-        "step_s",
-      ]) {
+      for (const key of chartList.summary) {
         if (key in m) rows.push([key, show(m[key])]);
       }
     }
@@ -571,5 +559,16 @@
     resizing = window.setTimeout(() => loaded.job && drawAll(), 100);
   });
 
-  poll();
+  async function start() {
+    try {
+      const response = await fetch("assets/charts.json", { cache: "no-store" });
+      chartList = await response.json();
+      buildCharts();
+    } catch (e) {
+      notice("cannot load the chart list (assets/charts.json): " + e.message);
+    }
+    poll();
+  }
+
+  start();
 })();

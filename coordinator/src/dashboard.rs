@@ -60,6 +60,7 @@ pub fn router(state: StateHandle, admin_token: Option<String>) -> Router {
         .route("/", get(index))
         .route("/assets/app.js", get(app_js))
         .route("/assets/app.css", get(app_css))
+        .route("/assets/charts.json", get(charts_json))
         .merge(api)
 }
 
@@ -83,6 +84,11 @@ async fn app_js() -> Response {
 
 async fn app_css() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
+}
+
+/// The chart list the page draws from, the one `grlo ctl job plot` reads.
+async fn charts_json() -> Response {
+    asset("application/json", crate::charts::CHARTS_JSON)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -293,6 +299,7 @@ mod tests {
             ("index.html", INDEX_HTML),
             ("app.js", APP_JS),
             ("app.css", APP_CSS),
+            ("charts.json", crate::charts::CHARTS_JSON),
         ] {
             for external in ["http:", "https:", "//cdn", "@import"] {
                 assert!(!text.contains(external), "{name} mentions {external}");
@@ -340,6 +347,8 @@ mod tests {
         assert_eq!(status, 200);
         assert!(page.contains("id=\"charts\""), "{page}");
         assert_eq!(get(port, "/assets/app.js", None).await.0, 200);
+        let (status, charts) = get(port, "/assets/charts.json", None).await;
+        assert_eq!((status, charts.as_str()), (200, crate::charts::CHARTS_JSON));
 
         let (status, body) = get(port, "/api/jobs", None).await;
         assert_eq!(status, 401, "{body}");

@@ -3,6 +3,7 @@
 //! weight version of every job, accrues device-hours per job and role and stops a job that
 //! spends its budget, and keeps all of it in an embedded database so a restart loses nothing.
 
+pub mod charts;
 pub mod dashboard;
 pub mod db;
 pub mod records;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::advantage::AdvantageEstimator;
 use crate::data::BadLinePolicy;
 use crate::loss::{KlEstimator, LossAggregation};
+use crate::tracking::Logger;
 
 /// Everything `grlo train` needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -446,6 +447,16 @@ pub struct TrainerSection {
     pub eval_data_dir: Option<String>,
     /// The metric that picks a run's best step in its summary (largest wins).
     pub best_metric: String,
+    /// Where each step's metrics go besides `metrics.jsonl` (always written): any of
+    /// `console`, `jsonl`, `tensorboard` (`RUN_DIR/tensorboard/`), `mlflow` (verl's names).
+    pub logger: Vec<Logger>,
+    /// The MLflow tracking server (`http://host:5000`); default `$MLFLOW_TRACKING_URI`.
+    pub mlflow_uri: Option<String>,
+    /// The project: MLflow's experiment (verl's `trainer.project_name`).
+    pub project_name: String,
+    /// The run's name in MLflow; default the run directory's name (verl's
+    /// `trainer.experiment_name`).
+    pub experiment_name: String,
 }
 
 /// `trainer.precision`.
@@ -476,6 +487,10 @@ impl Default for TrainerSection {
             eval_benchmarks: Vec::new(),
             eval_data_dir: None,
             best_metric: "val/reward_mean".into(),
+            logger: vec![Logger::Console, Logger::Jsonl],
+            mlflow_uri: None,
+            project_name: "grlo".into(),
+            experiment_name: String::new(),
         }
     }
 }
@@ -732,6 +747,16 @@ impl TrainConfig {
                     ),
                 ),
             }
+        }
+        if let Some(uri) = &t.mlflow_uri {
+            check(
+                &mut problems,
+                url::Url::parse(uri).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                &format!(
+                    "trainer.mlflow_uri = {uri:?} is not the http(s):// address of an MLflow \
+                     tracking server"
+                ),
+            );
         }
         check(
             &mut problems,

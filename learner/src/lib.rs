@@ -18,6 +18,7 @@ pub mod rollout;
 pub mod sequences;
 pub mod service;
 pub mod telemetry;
+pub mod tracking;
 pub mod trainer;
 pub mod trajectory;
 pub mod validation;

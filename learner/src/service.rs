@@ -538,12 +538,16 @@ impl TrainingJob {
                 .unwrap_or(checkpointed);
             self.set_trained(step, covered);
         }
+        if step == total {
+            trainer.finish_tracking(crate::tracking::RunEnd::Finished);
+        }
         if step < total && self.shared.job_ended.load(Ordering::SeqCst) {
             // The job ended early (budget, cancel): the last checkpoint written is its final
             // one, and the newest version announced (the newest trained policy) its last.
             tracing::info!(job = %self.job_id, step,
                 checkpoint = trainer.last_checkpoint().unwrap_or("none"),
                 "job ended: the last checkpoint written is the final one");
+            trainer.finish_tracking(crate::tracking::RunEnd::Stopped);
             match announced {
                 Some(newest) => {
                     self.announce(newest.max(step), String::new(), true)?;

@@ -24,6 +24,7 @@ use crate::learner::{Learner, TrainStats};
 use crate::optim::AdamW;
 use crate::reward::{RewardModel, Rewards};
 use crate::rollout::{PromptTask, RolloutParams, rollout, score};
+use crate::tracking::{BackendReport, RunEnd, Tracking};
 use crate::trajectory::Trajectory;
 use crate::validation::Validation;
 
@@ -92,6 +93,8 @@ pub struct Summary {
     /// (`metrics.jsonl`, resumed parts included); `None` when no step has it.
     pub best_step: Option<BestStep>,
     pub seconds: f64,
+    /// What each tracking backend of `trainer.logger` delivered and lost (none listed: empty).
+    pub tracking: BTreeMap<String, BackendReport>,
 }
 
 /// A run's best step by a validation metric.
@@ -115,6 +118,8 @@ pub struct Trainer<A: ModelAutodiffBackend> {
     run_dir: PathBuf,
     checkpoints: CheckpointStore,
     metrics: std::fs::File,
+    /// Where each metrics line goes besides `metrics.jsonl` (`trainer.logger`).
+    tracking: Tracking,
     filtered_overlong: usize,
     skipped_malformed: usize,
     history: Vec<f64>,
@@ -320,6 +325,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             .append(true)
             .open(&metrics_path)
             .map_err(|e| LearnerError::write(&metrics_path, e))?;
+        let tracking = Tracking::open(&config, &run_dir)?;
 
         Ok(Trainer {
             learner,
@@ -333,6 +339,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             run_dir,
             checkpoints,
             metrics,
+            tracking,
             filtered_overlong,
             skipped_malformed,
             history: Vec::new(),
@@ -377,8 +384,6 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         Ok(metrics)
     }
 
-    /// Whether the step just trained (`learner.step`) validates: every `trainer.test_freq`
-    /// steps and after the last.
     /// The best step so far by `trainer.best_metric`, from `metrics.jsonl`.
     fn best_step(&self) -> Option<BestStep> {
         let metric = &self.learner.config.trainer.best_metric;
@@ -394,6 +399,8 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         })
     }
 
+    /// Whether the step just trained (`learner.step`) validates: every `trainer.test_freq`
+    /// steps and after the last.
     fn validates_now(&self) -> bool {
         let every = self.learner.config.trainer.test_freq;
         self.validation.is_some()
@@ -425,6 +432,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         let line = serde_json::Value::Object(line);
         writeln!(self.metrics, "{line}")
             .map_err(|e| LearnerError::write(self.run_dir.join("metrics.jsonl"), e))?;
+        self.tracking.log(&line);
         Ok(Some(line))
     }
 
@@ -449,6 +457,7 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         if self.last_checkpoint.as_deref() != Some(&format!("step-{}", self.learner.step)) {
             self.save()?;
         }
+        let tracking = self.finish_tracking(RunEnd::Finished);
         let summary = Summary {
             steps: self.learner.step,
             first_reward_mean: self.history.first().copied(),
@@ -462,11 +471,27 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             checkpoint: self.last_checkpoint.clone(),
             best_step: self.best_step(),
             seconds: start.elapsed().as_secs_f64(),
+            tracking,
         };
         let text = serde_json::to_string_pretty(&summary).expect("a summary serialises");
         let path = self.run_dir.join("summary.json");
         std::fs::write(&path, text).map_err(|e| LearnerError::write(&path, e))?;
         Ok(summary)
+    }
+
+    /// Ends the run for the tracking backends (MLflow's run is closed with `end` and the
+    /// run's summary), with what each delivered and lost; also in `RUN_DIR/tracking.json`.
+    pub fn finish_tracking(&mut self, end: RunEnd) -> BTreeMap<String, BackendReport> {
+        let summary = serde_json::json!({
+            "steps": self.learner.step,
+            "first_reward_mean": self.history.first(),
+            "last_reward_mean": self.history.last(),
+            "best_reward_mean": self.history.iter().copied().reduce(f64::max),
+            "rejected_steps": self.rejected,
+            "checkpoint": self.last_checkpoint,
+            "best_step": self.best_step(),
+        });
+        self.tracking.finish(end, &summary)
     }
 
     /// The prompts of the next step.
@@ -570,9 +595,10 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
             metrics.validation = self.validate()?;
         }
         self.history.push(metrics.reward_mean);
-        let line = serde_json::to_string(&metrics).expect("metrics serialise");
+        let line = serde_json::to_value(&metrics).expect("metrics serialise");
         writeln!(self.metrics, "{line}")
             .map_err(|e| LearnerError::write(self.run_dir.join("metrics.jsonl"), e))?;
+        self.tracking.log(&line);
         Ok(metrics)
     }
 

@@ -1,17 +1,25 @@
-//! Decoding time per token grows with the position only by attention's own cost: the slot
-//! cache is written in place, never copied per step. Measured on the 27M benchmark shape at
-//! batch 1, where the KV cache at position 4000 holds 16 MB against 108 MB of weights: the
-//! ratio was 1.86 when the cache grew by concatenation (a copy of the whole cache per token)
-//! and is 1.50–1.54 with the slot cache on this 2-core machine. What remains is attention's
-//! own cost: its matrix-vector products read the cache at ~2.5 GB/s here, against ~10 GB/s
-//! for the weights' products (see the closing note).
+//! Decoding writes the slot cache in place and never copies it per step, so the time per
+//! token grows with the position only by attention's own cost.
 //!
-//! A ratio within one run, alternating the two positions over rounds (alone in its test binary,
-//! so no other test competes for the cores).
+//! The check that decides is exact: over every decoding step at position 4000 the engine
+//! makes no write that copies the whole cache
+//! ([`grlo_model::engine::whole_cache_copies`] counts them; a caller that keeps a view of the
+//! cache across steps, or a cache grown by concatenation, would make one per layer per step).
+//!
+//! The times are reported and checked only loosely, because their ratio is a property of the
+//! host as much as of the code. Measured on the 27M benchmark shape at batch 1, where the KV
+//! cache at position 4000 holds 16 MB against 108 MB of weights:
+//! - one 2-core host: x1.86 with a concatenating cache and x1.50–1.54 with the slot cache;
+//! - another 2-core host with slower cache reads: x2.07–2.26 with the slot cache, the same
+//!   code.
+//!
+//! A run within one binary, alternating the two positions over rounds (alone in its test
+//! binary, so no other test competes for the cores or moves the counter).
 
 use std::time::Instant;
 
 use grlo_model::backend::Cpu;
+use grlo_model::engine::whole_cache_copies;
 use grlo_model::{
     Engine, EngineLimits, GenerationParams, Model, ModelConfig, Request, SamplingParams,
 };
@@ -57,10 +65,12 @@ fn decode_time_per_token_at_position_4000_grows_only_by_attention() {
     let model = Model::<Cpu>::random(config, 1, &Default::default());
     seconds_per_step(&model, 100, 4); // warm-up
     let (mut near, mut far) = (Vec::new(), Vec::new());
+    let copies_before = whole_cache_copies();
     for _ in 0..3 {
         near.push(seconds_per_step(&model, 100, 48));
         far.push(seconds_per_step(&model, 4000, 48));
     }
+    let copies = whole_cache_copies() - copies_before;
     let (near, far) = (median(near), median(far));
     let ratio = far / near;
     println!(
@@ -68,9 +78,15 @@ fn decode_time_per_token_at_position_4000_grows_only_by_attention() {
         near * 1e3,
         far * 1e3
     );
-    // Well below the concatenating cache's 1.86, with room for this machine's noise.
+    assert_eq!(
+        copies, 0,
+        "{copies} cache writes copied the whole cache over 6 x 48 decoding steps"
+    );
+    // Loose: the ratio depends on the host's memory (x1.5 to x2.3 on the hosts above, where a
+    // cache copied per step measured x1.86 on the faster one). This catches what is far worse
+    // than a copy, such as a cache rebuilt or gathered from scratch at every step.
     assert!(
-        ratio < 1.7,
+        ratio < 3.0,
         "decode step at 4000 is x{ratio:.2} of that at 100"
     );
 }

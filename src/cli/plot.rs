@@ -1,5 +1,6 @@
-//! `grlo ctl job plot ID --out FILE.png`: the dashboard's five charts of a job (reward,
-//! response length, KL, throughput, budget) in one PNG, for terminals and reports.
+//! `grlo ctl job plot ID --out FILE.png`: the dashboard's charts of a job in one PNG, for
+//! terminals and reports. Both draw from one list, the coordinator's `assets/charts.json`
+//! (reward, response length, KL, throughput, budget, and every `val/...` key).
 //!
 //! Drawn with plotters into an RGB buffer and encoded with `png`; the font (DejaVu Sans) is
 //! embedded in the binary, so the picture looks the same on a machine without fonts.
@@ -16,23 +17,23 @@ use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 use serde_json::{Value, json};
 
+use grlo_coordinator::charts::{ChartKind, ChartSpec, chart_list, rgb};
+
 use crate::cli::ctl::status_name;
 
-/// The picture's size in pixels.
+/// The picture's width in pixels; its height follows from the number of charts
+/// ([`height`]).
 pub const WIDTH: u32 = 1600;
-pub const HEIGHT: u32 = 1000;
+/// Charts per row, and each row's height in pixels.
+const COLUMNS: usize = 3;
+const ROW_HEIGHT: u32 = 465;
+/// The title bar and the margins around the cells.
+const HEAD_HEIGHT: u32 = 70;
+const MARGIN: u32 = 12;
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
-// The dashboard's colours (coordinator/assets/app.js), so both tell the same story.
-const REWARD: RGBColor = RGBColor(37, 99, 235);
-const LENGTH: RGBColor = RGBColor(234, 88, 12);
-const KL: RGBColor = RGBColor(124, 58, 237);
-const KL_REFERENCE: RGBColor = RGBColor(220, 38, 38);
-const THROUGHPUT: RGBColor = RGBColor(5, 150, 105);
-const BUDGET: RGBColor = RGBColor(8, 145, 178);
-const LIMIT: RGBColor = RGBColor(107, 114, 128);
 const TEXT: RGBColor = RGBColor(17, 24, 39);
 const MUTED: RGBColor = RGBColor(75, 85, 99);
 const GRID: RGBColor = RGBColor(229, 231, 235);
@@ -70,7 +71,7 @@ pub async fn run(
             "path": out.display().to_string(),
             "steps": steps.len(),
             "width": WIDTH,
-            "height": HEIGHT,
+            "height": height(),
         }))?);
     }
     Ok(format!(
@@ -136,6 +137,13 @@ struct Chart {
     zero: bool,
 }
 
+/// A `#rrggbb` of the chart list as plotters' colour (grey if malformed: the list's tests
+/// make sure none is).
+fn color(text: &str) -> RGBColor {
+    let [r, g, b] = rgb(text).unwrap_or([107, 114, 128]);
+    RGBColor(r, g, b)
+}
+
 fn series(name: &str, color: RGBColor, steps: &[Step], key: &str) -> Series {
     Series {
         name: name.to_string(),
@@ -148,56 +156,81 @@ fn series(name: &str, color: RGBColor, steps: &[Step], key: &str) -> Series {
     }
 }
 
+/// The charts of the list, in its order.
 fn charts(steps: &[Step]) -> Vec<Chart> {
-    let band = steps
+    chart_list()
+        .charts
         .iter()
-        .filter_map(|s| {
-            let (mean, std) = (s.metric("reward_mean")?, s.metric("reward_std")?);
-            Some((s.step, mean - std, mean + std))
+        .map(|spec| match spec.kind {
+            ChartKind::Series => series_chart(spec, steps),
+            ChartKind::Prefix => prefix_chart(spec, steps),
+            ChartKind::Budget => budget_chart(spec, steps),
         })
-        .collect();
-    let mut kl = vec![series("approx_kl", KL, steps, "approx_kl")];
-    let reference = series("kl_to_reference", KL_REFERENCE, steps, "kl_to_reference");
-    if !reference.points.is_empty() {
-        kl.push(reference);
+        .collect()
+}
+
+/// The named keys' lines (an optional one only when some step has it), with a band of
+/// mean ± `band_std` where the list asks for one.
+fn series_chart(spec: &ChartSpec, steps: &[Step]) -> Chart {
+    let mut band = Vec::new();
+    let mut lines = Vec::new();
+    for line in &spec.series {
+        let drawn = series(&line.key, color(&line.color), steps, &line.key);
+        if line.optional && drawn.points.is_empty() {
+            continue;
+        }
+        if let Some(std_key) = &line.band_std {
+            band = steps
+                .iter()
+                .filter_map(|s| {
+                    let (mean, std) = (s.metric(&line.key)?, s.metric(std_key)?);
+                    Some((s.step, mean - std, mean + std))
+                })
+                .collect();
+        }
+        lines.push(drawn);
     }
-    vec![
-        Chart {
-            title: "Reward (mean ± std)".into(),
-            series: vec![series("reward_mean", REWARD, steps, "reward_mean")],
-            band,
-            zero: false,
-        },
-        Chart {
-            title: "Response length (mean tokens)".into(),
-            series: vec![series(
-                "response_len_mean",
-                LENGTH,
-                steps,
-                "response_len_mean",
-            )],
-            band: Vec::new(),
-            zero: true,
-        },
-        Chart {
-            title: "KL divergence".into(),
-            series: kl,
-            band: Vec::new(),
-            zero: false,
-        },
-        Chart {
-            title: "Throughput (tokens/s)".into(),
-            series: vec![series("tokens_per_s", THROUGHPUT, steps, "tokens_per_s")],
-            band: Vec::new(),
-            zero: true,
-        },
-        budget_chart(steps),
-    ]
+    Chart {
+        title: spec.title.clone(),
+        series: lines,
+        band,
+        zero: spec.zero,
+    }
+}
+
+/// Every key that starts with the chart's prefix, in the order the steps logged them, as
+/// many as it has colours.
+fn prefix_chart(spec: &ChartSpec, steps: &[Step]) -> Chart {
+    let prefix = spec.prefix.as_deref().unwrap_or_default();
+    let mut keys: Vec<&str> = Vec::new();
+    for step in steps {
+        if let Value::Object(metrics) = &step.metrics {
+            for key in metrics.keys() {
+                if key.starts_with(prefix) && !keys.contains(&key.as_str()) {
+                    keys.push(key);
+                }
+            }
+        }
+    }
+    Chart {
+        title: spec.title.clone(),
+        series: keys
+            .iter()
+            .zip(&spec.colors)
+            .map(|(key, c)| series(key, color(c), steps, key))
+            .collect(),
+        band: Vec::new(),
+        zero: spec.zero,
+    }
 }
 
 /// What is left of the budget, or what was spent when there is none: GPU-hours, or CPU-hours
 /// for a job that runs on CPUs only (as the dashboard does).
-fn budget_chart(steps: &[Step]) -> Chart {
+fn budget_chart(spec: &ChartSpec, steps: &[Step]) -> Chart {
+    let (left_color, limit_color) = match spec.colors.as_slice() {
+        [left, limit, ..] => (color(left), color(limit)),
+        _ => (color(""), color("")),
+    };
     let last = steps.last();
     let gpu_used = steps.iter().any(|s| s.gpu_used > 0.0);
     let cpu_used = steps.iter().any(|s| s.cpu_used > 0.0);
@@ -210,11 +243,11 @@ fn budget_chart(steps: &[Step]) -> Chart {
     );
     if limit > 0.0 {
         Chart {
-            title: format!("Budget burn-down: {unit} left of {}", number(limit)),
+            title: format!("{} burn-down: {unit} left of {}", spec.title, number(limit)),
             series: vec![
                 Series {
                     name: "left".into(),
-                    color: BUDGET,
+                    color: left_color,
                     points: steps
                         .iter()
                         .map(|s| (s.step, (limit - used(s)).max(0.0)))
@@ -223,7 +256,7 @@ fn budget_chart(steps: &[Step]) -> Chart {
                 },
                 Series {
                     name: "budget".into(),
-                    color: LIMIT,
+                    color: limit_color,
                     points: steps.iter().map(|s| (s.step, limit)).collect(),
                     dashed: true,
                 },
@@ -233,10 +266,10 @@ fn budget_chart(steps: &[Step]) -> Chart {
         }
     } else {
         Chart {
-            title: format!("Budget: {unit} used (no budget set)"),
+            title: format!("{}: {unit} used (no budget set)", spec.title),
             series: vec![Series {
                 name: "used".into(),
-                color: BUDGET,
+                color: left_color,
                 points: steps.iter().map(|s| (s.step, used(s))).collect(),
                 dashed: false,
             }],
@@ -244,6 +277,13 @@ fn budget_chart(steps: &[Step]) -> Chart {
             zero: true,
         }
     }
+}
+
+/// The picture's height: a row of cells per three charts and the summary.
+pub fn height() -> u32 {
+    let cells = chart_list().charts.len() + 1;
+    let rows = cells.div_ceil(COLUMNS) as u32;
+    HEAD_HEIGHT + 2 * MARGIN + rows * ROW_HEIGHT
 }
 
 /// A value for people: about four significant digits.
@@ -292,10 +332,11 @@ pub fn render(job: &v1::Job, records: &[v1::StepRecord]) -> anyhow::Result<Vec<u
             cpu_limit: r.cpu_seconds_limit,
         })
         .collect();
-    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    let height = height();
+    let mut pixels = vec![0u8; (WIDTH * height * 3) as usize];
     draw(&mut pixels, job, &steps).map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
     let mut png = Vec::new();
-    let mut encoder = png::Encoder::new(&mut png, WIDTH, HEIGHT);
+    let mut encoder = png::Encoder::new(&mut png, WIDTH, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header()?;
@@ -307,9 +348,9 @@ pub fn render(job: &v1::Job, records: &[v1::StepRecord]) -> anyhow::Result<Vec<u
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 fn draw(pixels: &mut [u8], job: &v1::Job, steps: &[Step]) -> DrawResult {
-    let root = BitMapBackend::with_buffer(pixels, (WIDTH, HEIGHT)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(pixels, (WIDTH, height())).into_drawing_area();
     root.fill(&RGBColor(243, 244, 246))?;
-    let (head, body) = root.split_vertically(70);
+    let (head, body) = root.split_vertically(HEAD_HEIGHT);
     head.fill(&TEXT)?;
     let mut title = format!(
         "{} · {} · step {} of {}",
@@ -326,12 +367,14 @@ fn draw(pixels: &mut [u8], job: &v1::Job, steps: &[Step]) -> DrawResult {
         &TextStyle::from((FAMILY, 30).into_font()).color(&WHITE),
         (24, 18),
     )?;
-    let body = body.margin(12, 12, 12, 12);
-    let cells = body.split_evenly((2, 3));
-    for (cell, chart) in cells.iter().zip(charts(steps)) {
-        draw_chart(cell, &chart)?;
+    let body = body.margin(MARGIN, MARGIN, MARGIN, MARGIN);
+    let charts = charts(steps);
+    let rows = (charts.len() + 1).div_ceil(COLUMNS);
+    let cells = body.split_evenly((rows, COLUMNS));
+    for (cell, chart) in cells.iter().zip(&charts) {
+        draw_chart(cell, chart)?;
     }
-    if let (Some(cell), Some(last)) = (cells.get(5), steps.last()) {
+    if let (Some(cell), Some(last)) = (cells.get(charts.len()), steps.last()) {
         draw_summary(cell, last)?;
     }
     root.present()?;
@@ -532,21 +575,11 @@ fn draw_summary<DB: DrawingBackend>(
         &TextStyle::from((FAMILY, 21).into_font()).color(&TEXT),
         (18, 14),
     )?;
-    let mut rows: Vec<(String, String)> = [
-        "reward_mean",
-        "reward_std",
-        "response_len_mean",
-        "approx_kl",
-        "kl_to_reference",
-        "entropy",
-        "policy_loss",
-        "grad_norm",
-        "tokens_per_s",
-        "step_s",
-    ]
-    .iter()
-    .filter_map(|key| Some((key.to_string(), number(last.metric(key)?))))
-    .collect();
+    let mut rows: Vec<(String, String)> = chart_list()
+        .summary
+        .iter()
+        .filter_map(|key| Some((key.to_string(), number(last.metric(key)?))))
+        .collect();
     for (name, used, limit) in [
         ("GPU-hours used", last.gpu_used, last.gpu_limit),
         ("CPU-hours used", last.cpu_used, last.cpu_limit),
@@ -638,6 +671,49 @@ mod tests {
         let decoder = png::Decoder::new(std::io::Cursor::new(png));
         let reader = decoder.read_info().unwrap();
         let info = reader.info();
-        assert_eq!((info.width, info.height), (WIDTH, HEIGHT));
+        assert_eq!((info.width, info.height), (WIDTH, height()));
+    }
+
+    /// The charts are the list's, in its order; a `val/...` key logged by a step appears in
+    /// the validation chart without being named anywhere.
+    #[test]
+    fn the_charts_follow_the_one_list_and_take_new_validation_keys() {
+        let step = |n: f64, metrics: Value| Step {
+            step: n,
+            metrics,
+            gpu_used: 0.0,
+            gpu_limit: 0.0,
+            cpu_used: 60.0 * n,
+            cpu_limit: 0.0,
+        };
+        let steps = vec![
+            step(1.0, json!({"reward_mean": -1.0, "reward_std": 0.5})),
+            step(
+                2.0,
+                json!({"reward_mean": -0.5, "reward_std": 0.5,
+                "val/reward_mean": 0.1, "val/gsm8k/accuracy": 0.25}),
+            ),
+        ];
+        let drawn = charts(&steps);
+        let list = chart_list();
+        assert_eq!(drawn.len(), list.charts.len());
+        let validation = list
+            .charts
+            .iter()
+            .position(|c| c.kind == ChartKind::Prefix)
+            .expect("the list has a prefix chart");
+        let names: Vec<&str> = drawn[validation]
+            .series
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["val/gsm8k/accuracy", "val/reward_mean"]);
+        assert_eq!(drawn[validation].series[0].points, [(2.0, 0.25)]);
+        let reward = &drawn[0];
+        assert_eq!(reward.title, list.charts[0].title);
+        assert_eq!(reward.band, [(1.0, -1.5, -0.5), (2.0, -1.0, 0.0)]);
+        // kl_to_reference is optional and no step has it.
+        let kl = list.charts.iter().position(|c| c.id == "kl").unwrap();
+        assert_eq!(drawn[kl].series.len(), 1);
     }
 }

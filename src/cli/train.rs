@@ -61,6 +61,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<String> {
     };
     let config = config.with_overrides(&args.overrides, "the configuration")?;
     grlo_learner::validation::check_benchmark_data(&config)?;
+    if config
+        .trainer
+        .logger
+        .contains(&grlo_learner::tracking::Logger::Mlflow)
+        && grlo_learner::tracking::mlflow_uri(&config).is_none()
+    {
+        bail!(
+            "trainer.logger names mlflow but there is no tracking server: set trainer.mlflow_uri \
+             or MLFLOW_TRACKING_URI"
+        );
+    }
     let device: DeviceArg = config.trainer.device.parse().map_err(anyhow::Error::msg)?;
     let run_dir = PathBuf::from(&config.trainer.run_dir);
     let database = run_dir.join("coordinator");
@@ -351,6 +362,10 @@ fn summary(
         "best_step": grlo_learner::validation::best_step(&steps, best_metric)
             .map(|(step, value)| json!({"metric": best_metric, "step": step, "value": value})),
         "rejected_steps": steps.iter().filter(|m| !m["rejected"].is_null()).count(),
+        // What each tracking backend of trainer.logger delivered and lost (the learner's report).
+        "tracking": std::fs::read_to_string(run_dir.join("tracking.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok()),
         "run_dir": run_dir,
         "checkpoint": checkpoint,
         "seconds": seconds,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 
-pub use slots::{SlotCache, SlotLayer};
+pub use slots::{SlotCache, SlotLayer, whole_cache_copies};
 
 use crate::backend::ModelBackend;
 use crate::error::{Error, Result};

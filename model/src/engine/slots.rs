@@ -9,6 +9,7 @@
 //! reserved lengths, so a row never outgrows its slot.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorCreationOptions};
@@ -18,6 +19,16 @@ use crate::model::KvCache;
 
 /// Lengths are allocated in multiples of this many positions.
 const LENGTH_QUANTUM: usize = 64;
+
+/// Writes on the CPU backend that could not go into the cache's own buffer and so copied the
+/// whole cache (`slice_assign`): a decoding step makes none when nothing else holds the cache.
+static WHOLE_CACHE_COPIES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many cache writes in this process have copied the whole cache instead of writing in
+/// place (CPU backend; CUDA's `slice_assign` is in place and is not counted).
+pub fn whole_cache_copies() -> usize {
+    WHOLE_CACHE_COPIES.load(Ordering::Relaxed)
+}
 
 /// The keys and values of one layer, for every slot.
 #[derive(Debug)]
@@ -262,6 +273,7 @@ pub fn kv_write_flex(
     );
     let dtype = cache.dtype();
     if value.dtype() != dtype || dtype != DType::F32 {
+        WHOLE_CACHE_COPIES.fetch_add(1, Ordering::Relaxed);
         return kv_write_sliced(cache, rows, column, value);
     }
     // Contiguous `[count, kv, columns, hd]` values (and the value's hold on the cache, if it
@@ -290,8 +302,49 @@ pub fn kv_write_flex(
     if written {
         cache
     } else {
+        WHOLE_CACHE_COPIES.fetch_add(1, Ordering::Relaxed);
         let device = cache.device();
         let options = TensorCreationOptions::new(device).with_dtype(dtype);
         kv_write_sliced(cache, rows, column, Tensor::from_data(data, options))
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::Flex;
+    use burn::tensor::Tensor;
+
+    use super::{kv_write_flex, whole_cache_copies};
+
+    /// A write into a cache nothing else holds goes into its buffer; one into a cache a view
+    /// still shares copies the whole cache, and is counted.
+    #[test]
+    fn a_write_copies_the_cache_only_while_a_view_shares_it() {
+        let device = Default::default();
+        let cache = Tensor::<Flex, 4>::zeros([2, 2, 8, 4], &device);
+        let step = || Tensor::<Flex, 4>::ones([1, 2, 1, 4], &device);
+
+        let before = whole_cache_copies();
+        let cache = kv_write_flex(cache, 0..1, 3, step());
+        assert_eq!(
+            whole_cache_copies(),
+            before,
+            "a write into an unshared cache copied it"
+        );
+
+        let view = cache.clone().narrow(2, 0, 4);
+        let cache = kv_write_flex(cache, 1..2, 5, step());
+        assert_eq!(
+            whole_cache_copies(),
+            before + 1,
+            "a shared cache's copy went uncounted"
+        );
+        drop(view);
+
+        let values = cache.into_data().to_vec::<f32>().unwrap();
+        let at = |slot: usize, head: usize, position: usize| ((slot * 2 + head) * 8 + position) * 4;
+        assert_eq!(values[at(0, 1, 3)..at(0, 1, 3) + 4], [1.0; 4]);
+        assert_eq!(values[at(1, 0, 5)..at(1, 0, 5) + 4], [1.0; 4]);
+        assert_eq!(values.iter().sum::<f32>(), 16.0);
     }
 }
