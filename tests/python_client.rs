@@ -9,40 +9,20 @@
 
 mod cluster;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use cluster::{Cluster, exclusive, root, test_python};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
 const WORKER_TOKEN: &str = "worker-3d81c7a2";
 const ADMIN_TOKEN: &str = "admin-c41e96f0";
 const STEPS: u64 = 3;
 
-/// A CA, and a certificate it signs for localhost and 127.0.0.1, as ca.pem, cert.pem and
-/// key.pem in `dir`: every role serves it and shows it as a client, the Python client too.
-fn write_certificates(dir: &Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "grlo test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-}
-
 /// A cluster of every role and one actor with mutual TLS, a worker token and an admin token.
 fn secure_cluster() -> Cluster {
     let mut cluster = Cluster::new(200, 60_000);
     let dir = cluster.dir.path().to_path_buf();
-    write_certificates(&dir);
+    cluster::write_test_certificates(&dir);
     std::fs::write(dir.join("worker.token"), format!("{WORKER_TOKEN}\n")).unwrap();
     let file = |name: &str| dir.join(name).display().to_string();
     cluster.tls = true;

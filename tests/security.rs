@@ -13,7 +13,6 @@ use grlo_proto::v1;
 use grlo_proto::v1::coordinator_client::CoordinatorClient;
 use grlo_proto::v1::learner_client::LearnerClient;
 use grlo_proto::v1::reward_server_client::RewardServerClient;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::Code;
 
 const WORKER_TOKEN: &str = "worker-9f2c51e0";
@@ -28,19 +27,7 @@ struct Pki {
 impl Pki {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "grlo test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        cluster::write_test_certificates(dir.path());
         std::fs::write(dir.path().join("worker.token"), format!("{WORKER_TOKEN}\n")).unwrap();
         Pki { dir }
     }
