@@ -273,3 +273,44 @@ fn plan_prints_the_layout_and_fails_when_the_job_does_not_fit() {
         "{err}"
     );
 }
+
+/// A checkpoint whose chat template loops for 10^10 iterations, or recurses without end: a
+/// stranger's template stops at its limit with a one-line error instead of running forever.
+#[test]
+fn a_looping_chat_template_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("hostile");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("qwen3-chat-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    for (template, limit) in [
+        (
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "instructions",
+        ),
+        (
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            "levels",
+        ),
+    ] {
+        // chat_template.jinja takes precedence over tokenizer_config.json's template.
+        std::fs::write(model.join("chat_template.jinja"), template).unwrap();
+        let error = one_line_error(&grlo(&[
+            "model",
+            "generate",
+            "--model",
+            &model.display().to_string(),
+            "--prompt",
+            "Hello!",
+            "--chat",
+            "--max-new-tokens",
+            "2",
+        ]));
+        assert!(
+            error.contains("chat template stopped at a limit") && error.contains(limit),
+            "{error}"
+        );
+    }
+}

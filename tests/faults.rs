@@ -185,3 +185,31 @@ fn a_coordinator_killed_and_restarted_recovers_from_its_database() {
     let budget = cluster.ctl(&["budget", &job]);
     assert!(budget["cpu_hours_used"].as_f64().unwrap() > 0.0, "{budget}");
 }
+
+#[test]
+fn a_learner_restarted_on_a_damaged_checkpoint_fails_the_job_with_the_file() {
+    let _one = exclusive();
+    let mut cluster = Cluster::start_all(200, 60_000, 2);
+    let job = submit_with(&cluster, &["trainer.save_every=2"]);
+    wait_for_step(&cluster, &job, 2);
+    cluster.wait_until(JOB_TIMEOUT, "the step-2 checkpoint", || {
+        (latest(&cluster, &job) == "step-2").then_some(())
+    });
+    cluster.kill("learner");
+    // The checkpoint's policy loses half of its tensors' bytes (a disk that lied, a copy cut
+    // short): the restarted learner cannot resume, and says so instead of idling forever.
+    let damaged = cluster
+        .run_dir(&job)
+        .join("checkpoints/step-2/policy/model.safetensors");
+    let bytes = std::fs::read(&damaged).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    cluster.start("learner");
+    let done = cluster.wait_for_status(&job, &["succeeded", "failed", "cancelled"], JOB_TIMEOUT);
+    assert_eq!(done["status"], "failed", "{done}");
+    let message = done["message"].as_str().unwrap_or_default();
+    eprintln!("job {job}: {message}");
+    assert!(
+        message.contains("the learner") && message.contains("model.safetensors"),
+        "{message}"
+    );
+}

@@ -210,6 +210,7 @@ async fn heartbeats(
                 activity: activity as i32,
                 weight_version: status.version.load(Ordering::SeqCst),
                 job_id: String::new(),
+                ..Default::default()
             })
             .await;
         if let Ok(response) = beat
@@ -355,7 +356,8 @@ async fn work_on(
         let channel = config.client.wrap(endpoint.connect_lazy());
         let batch = batch.clone();
         async move {
-            let mut client = LearnerClient::new(channel).max_encoding_message_size(256 << 20);
+            let mut client = LearnerClient::new(channel)
+                .max_encoding_message_size(grlo_proto::MAX_TRAJECTORY_BATCH_BYTES);
             client
                 .send_trajectories(tokio_stream_once(batch))
                 .await

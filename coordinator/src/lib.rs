@@ -79,10 +79,12 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection.0)
         .add_service(reflection.1)
-        .add_service(CoordinatorServer::new(CoordinatorService { state: handle }))
+        .add_service(CoordinatorServer::new(CoordinatorService {
+            state: handle.clone(),
+        }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
+            stopped_or_dead(shutdown, handle.dead(), reporter),
         )
         .await?;
     if let Some(http) = http {
@@ -90,8 +92,34 @@ pub async fn run(
         // up the stop for long.
         let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     }
+    if let Some(panic) = handle.panic_message() {
+        anyhow::bail!(
+            "the coordinator's state thread panicked ({panic}); every accepted change is in the \
+             database: start the coordinator again"
+        );
+    }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// Resolves when the coordinator is asked to stop, or when its state thread has died; then
+/// health says NOT_SERVING, so probes and load balancers stop sending calls that would fail.
+async fn stopped_or_dead(
+    shutdown: CancellationToken,
+    dead: CancellationToken,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = dead.cancelled() => {
+            reporter
+                .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    }
 }
 
 /// Binds `address` and serves the dashboard (and `metrics`) on it until `stop` is cancelled.

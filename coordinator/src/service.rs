@@ -23,27 +23,61 @@ type Work = Box<dyn FnOnce(&mut State) + Send>;
 pub struct StateHandle {
     work: std_mpsc::Sender<Work>,
     events: broadcast::Sender<JobEvent>,
+    dead: tokio_util::sync::CancellationToken,
+    panic: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl StateHandle {
-    /// Moves `state` to its owner thread.
+    /// Moves `state` to its owner thread. A call that panics there stops the thread (the state
+    /// in memory may be half-changed; the database holds every accepted change): [`Self::dead`]
+    /// is cancelled, and the coordinator stops serving instead of failing every call.
     pub fn spawn(state: State) -> Self {
         let (work, queue) = std_mpsc::channel::<Work>();
         let (events, _) = broadcast::channel(1024);
         let sender = events.clone();
+        let dead = tokio_util::sync::CancellationToken::new();
+        let panic = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (on_death, message) = (dead.clone(), panic.clone());
         std::thread::Builder::new()
             .name("coordinator-state".into())
             .spawn(move || {
                 let mut state = state;
                 while let Ok(job) = queue.recv() {
-                    job(&mut state);
+                    let ran =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut state)));
+                    if let Err(payload) = ran {
+                        let text = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".into());
+                        tracing::error!(panic = %text, "the coordinator's state thread panicked");
+                        *message.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+                        on_death.cancel();
+                        return;
+                    }
                     for event in state.events.drain(..) {
                         let _ = sender.send(event);
                     }
                 }
             })
             .expect("the state thread starts");
-        StateHandle { work, events }
+        StateHandle {
+            work,
+            events,
+            dead,
+            panic,
+        }
+    }
+
+    /// Cancelled when the state thread has died of a panic.
+    pub fn dead(&self) -> tokio_util::sync::CancellationToken {
+        self.dead.clone()
+    }
+
+    /// The panic's message, once the state thread has died of one.
+    pub fn panic_message(&self) -> Option<String> {
+        self.panic.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Runs `f` on the state and returns its result.
@@ -390,4 +424,35 @@ fn watch_stream(
             Some((Ok(message), (None, id, events, ended)))
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_on_the_state_thread_marks_the_handle_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), crate::Settings::default()).unwrap();
+        let handle = StateHandle::spawn(state);
+        assert_eq!(handle.call(|_| 7).await, 7);
+        assert!(!handle.dead().is_cancelled());
+        let panicked = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                handle
+                    .call(|_| -> u32 { panic!("a broken invariant") })
+                    .await
+            }
+        })
+        .await;
+        assert!(panicked.is_err(), "the call does not answer");
+        tokio::time::timeout(Duration::from_secs(10), handle.dead().cancelled())
+            .await
+            .expect("the handle is marked dead");
+        assert_eq!(
+            handle.panic_message().as_deref(),
+            Some("a broken invariant")
+        );
+    }
 }

@@ -455,8 +455,42 @@ impl State {
         if let Some(job_id) = &job_id {
             self.accrue(job_id, activity, elapsed as f64 / 1000.0, gpus, cpus, now)?;
         }
+        if !request.job_failure.is_empty() {
+            self.learner_failed(
+                &request.worker_id,
+                &request.job_id,
+                &request.job_failure,
+                now,
+            )?;
+        }
         self.schedule(now);
         Ok(self.outcome_for(&request.worker_id))
+    }
+
+    /// The job's learner says its work for the job cannot go on: the job fails with the
+    /// reason (a report from any other worker, or for a job that has ended, changes nothing).
+    fn learner_failed(
+        &mut self,
+        worker_id: &str,
+        job_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Outcome<()> {
+        let Some(job) = self.jobs.get(job_id) else {
+            return Ok(());
+        };
+        if job.learner.as_deref() != Some(worker_id) || job.status.is_final() {
+            return Ok(());
+        }
+        let name = self.workers[worker_id].name.clone();
+        let reason: String = reason.chars().take(4000).collect();
+        tracing::warn!(job = %job_id, learner = %name, %reason, "the job's learner failed: the job fails");
+        let job = self.jobs.get_mut(job_id).expect("known");
+        job.status = JobStatus::Failed;
+        job.message = format!("the learner {name} failed: {reason}");
+        self.release_workers(job_id, false)?;
+        self.save_job(job_id, now, None)?;
+        Ok(())
     }
 
     fn outcome_for(&self, worker_id: &str) -> HeartbeatOutcome {

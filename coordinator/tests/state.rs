@@ -55,6 +55,7 @@ fn heartbeat(
         activity: activity as i32,
         weight_version: 0,
         job_id: String::new(),
+        ..Default::default()
     };
     state.heartbeat(&request, now).unwrap()
 }
@@ -284,6 +285,48 @@ fn a_spent_budget_stops_the_job_and_asks_for_a_final_checkpoint() {
         state.lease_task(&actor, now + 1).unwrap().is_none(),
         "no more work"
     );
+}
+
+#[test]
+fn a_failure_reported_by_the_jobs_learner_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let Cluster {
+        mut state,
+        job,
+        learner,
+        actor,
+    } = cluster(dir.path(), &[]);
+    publish(&mut state, &learner, &job, 0, 0);
+    let report = |worker: &str, job_id: &str| v1::HeartbeatRequest {
+        worker_id: worker.into(),
+        activity: v1::Activity::Idle as i32,
+        weight_version: 0,
+        job_id: job_id.into(),
+        job_failure: "training thread panicked: index out of bounds".into(),
+    };
+    // From an actor, or naming another job: nothing changes.
+    state.heartbeat(&report(&actor, &job), 100).unwrap();
+    state.heartbeat(&report(&learner, "job-999"), 100).unwrap();
+    assert_eq!(state.job(&job).unwrap().status, JobStatus::Running);
+    // From the job's learner: the job fails with the reason, and the learner is let go.
+    let outcome = state.heartbeat(&report(&learner, &job), 200).unwrap();
+    let record = state.job(&job).unwrap();
+    assert_eq!(record.status, JobStatus::Failed);
+    assert!(
+        record
+            .message
+            .contains("failed: training thread panicked: index out of bounds"),
+        "{}",
+        record.message
+    );
+    assert!(outcome.assignment.is_none(), "{:?}", outcome.assignment);
+    assert!(
+        state.lease_task(&actor, 300).unwrap().is_none(),
+        "no more work"
+    );
+    // A second report changes nothing more.
+    state.heartbeat(&report(&learner, &job), 300).unwrap();
+    assert_eq!(state.job(&job).unwrap().status, JobStatus::Failed);
 }
 
 fn publish_step(state: &mut State, learner: &str, job: &str, step: u64, now: i64) {

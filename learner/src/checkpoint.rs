@@ -135,7 +135,19 @@ impl CheckpointStore {
         match self.store.get(&self.key(LATEST)).await {
             Ok(result) => {
                 let bytes = result.bytes().await.map_err(|e| error(&self.display, e))?;
-                Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string()))
+                let name = String::from_utf8_lossy(&bytes).trim().to_string();
+                // The name becomes a path (the resume directory, the keys read): only a
+                // checkpoint's own `step-N` may come back from the store.
+                let step = name
+                    .strip_prefix("step-")
+                    .and_then(|n| n.parse::<u64>().ok());
+                if step.is_none_or(|step| format!("step-{step}") != name) {
+                    return Err(error(
+                        &self.display,
+                        format!("{LATEST} names {name:?}, which is not a checkpoint `step-N`"),
+                    ));
+                }
+                Ok(Some(name))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(error(&self.display, e)),
@@ -378,5 +390,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("step-9"), "{err}");
+    }
+
+    #[test]
+    fn a_latest_that_is_not_a_step_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(root.path().to_str().unwrap()).unwrap();
+        for hostile in [
+            "../..",
+            "/etc",
+            "step-1/../../x",
+            "step-01",
+            "step-",
+            "latest",
+        ] {
+            std::fs::write(root.path().join(LATEST), hostile).unwrap();
+            let message = store.latest().unwrap_err().to_string();
+            assert!(
+                message.contains("not a checkpoint `step-N`") && message.contains(hostile),
+                "{hostile}: {message}"
+            );
+        }
+        std::fs::write(root.path().join(LATEST), "step-12\n").unwrap();
+        assert_eq!(store.latest().unwrap().as_deref(), Some("step-12"));
     }
 }

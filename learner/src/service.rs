@@ -74,6 +74,13 @@ struct Shared {
     training: AtomicBool,
     step: AtomicU64,
     version: AtomicU64,
+    /// The policy's vocabulary size once the training thread has loaded it (0 before): every
+    /// token id of an arriving trajectory is checked against it.
+    vocab_size: AtomicU64,
+    /// A job whose training cannot go on (its thread failed or panicked, or it could not
+    /// start), with the reason: reported in every heartbeat until the coordinator lets the job
+    /// go, so the job fails instead of waiting forever.
+    failure: Mutex<Option<(String, String)>>,
     metrics: LearnerMetrics,
 }
 
@@ -97,6 +104,28 @@ struct JobSpool {
     needed: usize,
     /// Steps up to this one are trained (their trajectories are history).
     trained: u64,
+    /// The job's staleness bound: tasks are leased for steps up to `trained + 1 + staleness`.
+    staleness: u64,
+}
+
+/// Every token id of trajectory `index` is below `vocab_size`.
+fn check_token_ids(t: &v1::Trajectory, index: usize, vocab_size: u64) -> Result<(), String> {
+    for (field, ids) in [
+        ("prompt_ids", &t.prompt_ids),
+        ("response_ids", &t.response_ids),
+    ] {
+        if let Some((position, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| u64::from(**id) >= vocab_size)
+        {
+            return Err(format!(
+                "trajectories[{index}].{field}[{position}] is {id}, past the policy's \
+                 vocabulary of {vocab_size}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl JobSpool {
@@ -108,6 +137,10 @@ impl JobSpool {
     fn store(&self, task_id: &str, step: u64, trajectories: &[Trajectory]) -> std::io::Result<()> {
         let dir = self.step_dir(step);
         let path = dir.join(format!("{task_id}.json"));
+        debug_assert!(
+            grlo_proto::check_plain_id("task_id", task_id).is_ok(),
+            "checked at the RPC"
+        );
         if path.exists() {
             return Ok(());
         }
@@ -172,6 +205,8 @@ pub async fn run(
         training: AtomicBool::new(false),
         step: AtomicU64::new(0),
         version: AtomicU64::new(0),
+        vocab_size: AtomicU64::new(0),
+        failure: Mutex::new(None),
         metrics: LearnerMetrics::default(),
     });
     if let Some(http) = config.http_listen {
@@ -202,9 +237,12 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection.0)
         .add_service(reflection.1)
-        .add_service(LearnerServer::new(LearnerService {
-            shared: shared.clone(),
-        }))
+        .add_service(
+            LearnerServer::new(LearnerService {
+                shared: shared.clone(),
+            })
+            .max_decoding_message_size(grlo_proto::MAX_TRAJECTORY_BATCH_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
@@ -256,19 +294,24 @@ async fn coordinate(
         } else {
             v1::Activity::Idle
         };
-        let job_id = shared
-            .job
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .map(|j| j.job_id.clone())
-            .unwrap_or_default();
+        let failure = shared.failure.lock().expect("not poisoned").clone();
+        let job_id = match &failure {
+            Some((job, _)) => job.clone(),
+            None => shared
+                .job
+                .lock()
+                .expect("not poisoned")
+                .as_ref()
+                .map(|j| j.job_id.clone())
+                .unwrap_or_default(),
+        };
         let heartbeat = client
             .heartbeat(v1::HeartbeatRequest {
                 worker_id: worker_id.clone(),
                 activity: activity as i32,
                 weight_version: shared.version.load(Ordering::SeqCst),
                 job_id,
+                job_failure: failure.as_ref().map(|f| f.1.clone()).unwrap_or_default(),
             })
             .await;
         match heartbeat {
@@ -285,13 +328,37 @@ async fn coordinate(
                     shared.stop.store(true, Ordering::SeqCst);
                     shared.arrived.notify_all();
                 }
+                if let Some((failed, _)) = &failure
+                    && response
+                        .assignment
+                        .as_ref()
+                        .is_none_or(|a| &a.job_id != failed)
+                {
+                    // The coordinator has let the failed job go.
+                    *shared.failure.lock().expect("not poisoned") = None;
+                }
                 if let Some(assignment) = response.assignment
                     && training.is_none()
                     && !response.stop
                     && !finished_jobs.contains(&assignment.job_id)
                 {
-                    let (thread, job_config) =
-                        start_training(&config, &assignment, worker_id.clone(), shared.clone())?;
+                    let started =
+                        start_training(&config, &assignment, worker_id.clone(), shared.clone());
+                    let (thread, job_config) = match started {
+                        Ok(started) => started,
+                        Err(e) => {
+                            let reason = format!("cannot start training: {e:#}");
+                            tracing::error!(job = %assignment.job_id, %reason);
+                            finished_jobs.push(assignment.job_id.clone());
+                            *shared.failure.lock().expect("not poisoned") =
+                                Some((assignment.job_id, reason));
+                            sleep_or_cancel(interval, &shutdown).await;
+                            if shutdown.is_cancelled() {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
                     training = Some((assignment.job_id.clone(), thread));
                     // Charge every GPU the job's models occupy (policy, critic, reference).
                     let needed =
@@ -366,6 +433,7 @@ fn start_training(
         dir: run_dir.join("spool"),
         needed: train.rollout.batch_size * train.rollout.n,
         trained: 0,
+        staleness: train.job.staleness,
     };
     *shared.job.lock().expect("not poisoned") = Some(spool);
     shared.stop.store(false, Ordering::SeqCst);
@@ -384,11 +452,30 @@ fn start_training(
         .name(format!("learner-{}", job.job_id))
         .spawn(move || {
             let job_id = job.job_id.clone();
-            if let Err(e) = job.run() {
-                tracing::error!(job = %job_id, error = %format!("{e:#}"), "training stopped with an error");
+            let shared = job.shared.clone();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
+            let reason = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(panic) => format!("the training thread panicked: {}", panic_text(&*panic)),
+            };
+            tracing::error!(job = %job_id, error = %reason, "training stopped with an error");
+            // Unless this process is only stopping (its job goes on with the next learner),
+            // the job cannot go on: the coordinator is told, and fails it with the reason.
+            if !shared.stop.load(Ordering::SeqCst) || shared.job_ended.load(Ordering::SeqCst) {
+                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((job_id, reason));
             }
         })?;
     Ok((thread, train))
+}
+
+/// The message of a panic's payload (a `&str` or a `String`, as `panic!` makes them).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// One job's training loop, on its own thread (tensor work never runs on the executor).
@@ -427,6 +514,9 @@ impl TrainingJob {
         let resume = CheckpointStore::open(&location)?.latest()?.is_some();
         let mut trainer = Trainer::<A>::placed(config.clone(), &placement, resume)?;
         trainer.learner.interrupt = self.shared.stop.clone();
+        self.shared
+            .vocab_size
+            .store(trainer.vocab_size() as u64, Ordering::SeqCst);
         let total = trainer.total_steps() as u64;
         let staleness = config.job.staleness;
         let save_every = config.trainer.save_every as u64;
@@ -622,22 +712,30 @@ impl TrainingJob {
 
     /// Blocks until step `step` has its whole batch (or the learner is asked to stop).
     fn wait_for_step(&self, step: u64) -> anyhow::Result<Option<Vec<Trajectory>>> {
-        let mut guard = self.shared.job.lock().expect("not poisoned");
         loop {
             if self.shared.stop.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            let spool = guard.as_ref().expect("the job's spool").clone();
+            // The spool is read without the lock: the RPC handlers take it on the async
+            // executor, and reading a step of the paper's job parses megabytes.
+            let spool = self
+                .shared
+                .job
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .expect("the job's spool");
             let trajectories = spool.load(step)?;
             if trajectories.len() >= spool.needed {
                 return Ok(Some(trajectories));
             }
-            guard = self
+            // An arrival between the read and this wait is seen at the next timeout.
+            let guard = self.shared.job.lock().expect("not poisoned");
+            let _ = self
                 .shared
                 .arrived
                 .wait_timeout(guard, Duration::from_millis(500))
-                .expect("not poisoned")
-                .0;
+                .expect("not poisoned");
         }
     }
 
@@ -818,16 +916,45 @@ impl LearnerRpc for LearnerService {
                     "a batch needs a task_id and trajectories",
                 ));
             }
+            grlo_proto::check_plain_id("task_id", &batch.task_id)
+                .map_err(Status::invalid_argument)?;
+            if batch.step == 0 {
+                return Err(Status::invalid_argument(
+                    "step 0 is not a step (steps count from 1)",
+                ));
+            }
+            // No step further ahead than a lease can be (the coordinator leases up to the
+            // newest version + 1 + staleness): each would be a spool directory. UNAVAILABLE, as
+            // a learner that has only just restarted does not know its version yet: the sender
+            // retries, and by then it does.
+            let version = self.shared.version.load(Ordering::SeqCst);
+            let furthest = spool.trained.max(version) + 1 + spool.staleness;
+            if batch.step > furthest {
+                return Err(Status::unavailable(format!(
+                    "step {} is ahead of this learner (version {version}, staleness {}): retry",
+                    batch.step, spool.staleness
+                )));
+            }
             if batch.step <= spool.trained {
                 // Its step is trained already (a late duplicate): acknowledge, do not store.
                 stored.push(batch.task_id);
                 continue;
             }
+            // A token id past the embedding would panic the training thread: refused here.
+            let vocab_size = self.shared.vocab_size.load(Ordering::SeqCst);
+            if vocab_size == 0 {
+                return Err(Status::unavailable(
+                    "this learner is loading its models: retry",
+                ));
+            }
             let trajectories = batch
                 .trajectories
                 .into_iter()
                 .enumerate()
-                .map(|(i, t)| from_wire(t, i))
+                .map(|(i, t)| {
+                    check_token_ids(&t, i, vocab_size)?;
+                    from_wire(t, i)
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Status::invalid_argument)?;
             let task_id = batch.task_id.clone();

@@ -362,6 +362,11 @@ impl<A: ModelAutodiffBackend> Trainer<A> {
         self.learner.total_steps
     }
 
+    /// Token ids a trajectory may hold are below this (the policy's embedding rows).
+    pub fn vocab_size(&self) -> usize {
+        self.learner.policy.config.vocab_size
+    }
+
     pub fn step_index(&self) -> usize {
         self.learner.step
     }

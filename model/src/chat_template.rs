@@ -8,11 +8,18 @@
 //! This module recreates that environment on [minijinja], with Python string
 //! and dict methods from [`minijinja_contrib::pycompat`] and Python-style
 //! printing of `None`, booleans, floats, lists and dicts.
+//!
+//! A template comes from a checkpoint, that is from a stranger, so rendering is bounded:
+//! [`TEMPLATE_FUEL`] instructions, [`TEMPLATE_RECURSION_LIMIT`] levels of nesting,
+//! [`MAX_RENDERED_BYTES`] of output (`tojson` and `indent` included), and indentation widths of
+//! at most [`MAX_INDENT`]. A template that loops or explodes fails in well under a second with
+//! [`TokenizerError::TemplateLimit`] instead of hanging or aborting the role that renders it.
 
 use std::fmt;
+use std::io;
 use std::sync::Arc;
 
-use minijinja::value::{Enumerator, Object, ObjectRepr};
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, StringInput};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +28,29 @@ use crate::tokenizer::TokenizerError;
 
 /// Name under which the template is registered; it appears in error locations.
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Instructions one rendering may execute. Qwen3's template spends about 56 per message, so this
+/// is over 17,000 messages' worth, and a render that uses it all stops within a tenth of a
+/// second. It also bounds how deep a template can nest a value (about one level per
+/// instruction), which [`TEMPLATE_STACK_BYTES`] must hold when the value is freed.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Nesting (loops, conditions, macro calls) one rendering may reach; the templates in use need
+/// fewer than 20 levels, and the limit keeps a recursive macro from overflowing the stack.
+pub const TEMPLATE_RECURSION_LIMIT: usize = 100;
+
+/// Bytes one rendering may write, and one `tojson` may produce: far over any prompt a model's
+/// context holds (128K tokens are about 0.5 MB of text).
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// The stack of the thread a template renders on: address space reserved, touched only as deep
+/// as a rendering goes. Freeing a list nested as deep as [`TEMPLATE_FUEL`] allows takes under
+/// 80 MiB (measured: the densest nesting this fuel allows overflows 16 MiB; 1.3 million levels
+/// fit in 96 MiB).
+const TEMPLATE_STACK_BYTES: usize = 256 << 20;
+
+/// The widest indentation `tojson(indent=...)` and `indent(width)` accept.
+pub const MAX_INDENT: usize = 1024;
 
 /// One message of a conversation, as passed to `apply_chat_template`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,12 +197,51 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         kwargs: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String, TokenizerError> {
+        // On a thread of its own: a template can nest a value as deep as its fuel allows, and
+        // freeing such a value recurses once per level, deeper than a default stack goes.
+        std::thread::scope(|scope| {
+            let rendering = std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(TEMPLATE_STACK_BYTES)
+                .spawn_scoped(scope, || {
+                    self.render_here(messages, add_generation_prompt, kwargs)
+                })
+                .map_err(|e| {
+                    TokenizerError::TemplateLimit(format!("cannot start the rendering thread: {e}"))
+                })?;
+            rendering.join().unwrap_or_else(|_| {
+                Err(TokenizerError::TemplateLimit(
+                    "the rendering thread panicked".to_owned(),
+                ))
+            })
+        })
+    }
+
+    /// [`Self::render_with_kwargs`] on the calling thread.
+    fn render_here(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, TokenizerError> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(TokenizerError::TemplateRender)?;
         let context = self.context(messages, add_generation_prompt, kwargs);
-        template.render(context).map_err(render_error)
+        let mut out = CappedOutput::default();
+        if let Err(error) = template.render_captured_to(context, &mut out) {
+            if out.overflowed {
+                return Err(TokenizerError::TemplateLimit(format!(
+                    "the rendered text passed {MAX_RENDERED_BYTES} bytes"
+                )));
+            }
+            return Err(render_error(error));
+        }
+        // The formatter writes whole `str`s, so the bytes are UTF-8; a cut cannot happen, as an
+        // overflowing write is refused whole.
+        String::from_utf8(out.bytes)
+            .map_err(|_| TokenizerError::TemplateLimit("the rendered text is not UTF-8".to_owned()))
     }
 
     /// The template text.
@@ -218,9 +287,56 @@ impl ChatTemplate {
     }
 }
 
-/// The minijinja counterpart of transformers' Jinja2 environment.
+/// The output of one rendering, refusing any write past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(io::Error::other("rendered text over its limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// minijinja's `indent` filter, refusing widths over [`MAX_INDENT`] (its own allocates any
+/// width it is given, and a huge one aborts the process).
+fn bounded_indent(
+    value: StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let asked = match width {
+        Some(width) => Some(width),
+        None => kwargs.get::<Option<usize>>("width")?,
+    };
+    if let Some(width) = asked.filter(|width| *width > MAX_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("indent width {width} is over the limit of {MAX_INDENT}"),
+        ));
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+/// The minijinja counterpart of transformers' Jinja2 environment, with the limits that make a
+/// stranger's template safe to render.
 fn transformers_environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION_LIMIT);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
@@ -230,6 +346,7 @@ fn transformers_environment() -> Environment<'static> {
     env.set_formatter(python_formatter);
     env.add_filter("tojson", tojson);
     env.add_filter("round", round);
+    env.add_filter("indent", bounded_indent);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env
@@ -257,9 +374,22 @@ fn raise_exception(message: Value) -> Result<Value, Error> {
         .with_source(RaisedException(message)))
 }
 
-/// Sorts a rendering error into an exception raised by the template or any
+/// Sorts a rendering error into an exception raised by the template, a limit reached, or any
 /// other failure.
 fn render_error(error: Error) -> TokenizerError {
+    if error.kind() == ErrorKind::OutOfFuel {
+        return TokenizerError::TemplateLimit(format!(
+            "it ran {TEMPLATE_FUEL} instructions without finishing ({error})"
+        ));
+    }
+    if error
+        .detail()
+        .is_some_and(|detail| detail.contains("recursion limit"))
+    {
+        return TokenizerError::TemplateLimit(format!(
+            "it nested deeper than {TEMPLATE_RECURSION_LIMIT} levels ({error})"
+        ));
+    }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(current) = cause {
         if let Some(raised) = current.downcast_ref::<RaisedException>() {
@@ -432,5 +562,129 @@ mod tests {
         assert_eq!(json, r#"{"role":"user","content":"hi"}"#);
         let parsed: ChatMessage = serde_json::from_str(json.as_str()).unwrap();
         assert_eq!(parsed, ChatMessage::user("hi"));
+    }
+
+    /// The limit an untrusted template reached, or a panic naming what it did instead.
+    fn limit_reached(source: &str) -> String {
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        match template.render(&[ChatMessage::user("x")], false) {
+            Err(TokenizerError::TemplateLimit(message)) => message,
+            other => panic!("{source}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_looping_template_runs_out_of_fuel() {
+        // The template of the issue: 10^10 iterations, which would run for hours.
+        let message = limit_reached(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(message.contains("1000000 instructions"), "{message}");
+        let error = TokenizerError::TemplateLimit(message);
+        assert!(
+            error
+                .to_string()
+                .starts_with("chat template stopped at a limit: it ran"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_recursive_macro_stops_at_the_recursion_limit() {
+        let message =
+            limit_reached("{% macro down(n) %}{{ down(n + 1) }}{% endmacro %}{{ down(0) }}");
+        assert!(message.contains("deeper than 100 levels"), "{message}");
+    }
+
+    #[test]
+    fn an_exploding_output_stops_at_its_size_limit() {
+        // 100 MB strings printed 100 times: 10 GB of output from 300 instructions.
+        let message = limit_reached(
+            "{% set s = 'a' * 100000000 %}{% for i in range(100) %}{{ s }}{% endfor %}",
+        );
+        assert!(message.contains("16777216 bytes"), "{message}");
+    }
+
+    #[test]
+    fn huge_indents_and_deep_values_are_refused_not_aborted() {
+        for source in [
+            "{{ messages | tojson(indent=100000000000) }}",
+            "{{ messages | tojson(indent=' ' * 5000) }}",
+            "{{ 'a\nb' | indent(100000000000) }}",
+            "{{ 'a\nb' | indent(width=5000) }}",
+        ] {
+            let template = ChatTemplate::new(source, None, None).unwrap();
+            let error = template
+                .render(&[ChatMessage::user("x")], false)
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("over the limit of 1024"),
+                "{source}: {error}"
+            );
+        }
+        // A list nested 5,000 deep, built within the fuel, printed and serialised.
+        let deep = "{% set ns = namespace(x=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}{% endfor %}";
+        for print in ["{{ ns.x }}", "{{ ns.x | tojson }}"] {
+            let source = format!("{deep}{print}");
+            let template = ChatTemplate::new(&source, None, None).unwrap();
+            let error = template.render(&[], false).unwrap_err();
+            assert!(error.to_string().contains("100 levels"), "{print}: {error}");
+        }
+        // A 100 MB string in a list of 1,000: each serialisation would be 100 GB.
+        let wide = "{% set s = 'a' * 100000000 %}{% set l = [s] * 1000 %}";
+        for print in ["{{ l }}", "{{ l | tojson }}"] {
+            let source = format!("{wide}{print}");
+            let template = ChatTemplate::new(&source, None, None).unwrap();
+            let error = template.render(&[], false).unwrap_err();
+            assert!(
+                error.to_string().contains("16777216 bytes"),
+                "{print}: {error}"
+            );
+        }
+        // Within the limits, indentation works as before.
+        assert_eq!(render_expr("{{ [1] | tojson(indent=2) }}"), "[\n  1\n]");
+        assert_eq!(render_expr("{{ 'a\nb' | indent(2) }}"), "a\n  b");
+    }
+
+    #[test]
+    fn real_templates_use_a_small_part_of_the_fuel() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
+        for dir in ["qwen3-tokenizer", "models/llama31-rm-tiny"] {
+            let config: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(format!("{root}/{dir}/tokenizer_config.json")).unwrap(),
+            )
+            .unwrap();
+            let source = config["chat_template"].as_str().unwrap();
+            let template = ChatTemplate::new(source, None, None).unwrap();
+            let messages: Vec<ChatMessage> = (0..200)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        ChatMessage::user(format!("question {i}"))
+                    } else {
+                        ChatMessage::assistant(format!("answer {i}"))
+                    }
+                })
+                .collect();
+            let context = template.context(&messages, true, &serde_json::Map::new());
+            let captured = template
+                .env
+                .get_template(TEMPLATE_NAME)
+                .unwrap()
+                .render_captured_to(context, io::sink())
+                .unwrap();
+            let (used, _) = captured.state().fuel_levels().unwrap();
+            eprintln!("{dir}: {used} instructions for 200 messages");
+            assert!(used < TEMPLATE_FUEL / 20, "{dir}: {used}");
+        }
+    }
+
+    #[test]
+    fn a_value_nested_as_deep_as_the_fuel_allows_is_dropped_safely() {
+        // As deep as the fuel lets a template nest a list (ten levels per statement, nearly one
+        // per instruction): rendering stops at the fuel, and the value is freed without
+        // overflowing the stack.
+        let source = "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% for j in range(100) %}{% set ns.x = [[[[[[[[[[ns.x]]]]]]]]]] %}{% endfor %}{% endfor %}done";
+        let message = limit_reached(source);
+        assert!(message.contains("instructions"), "{message}");
     }
 }

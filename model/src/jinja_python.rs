@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Error, ErrorKind, Output, State, Value};
 
+use crate::chat_template::{MAX_INDENT, MAX_RENDERED_BYTES, TEMPLATE_RECURSION_LIMIT};
+
 /// Prints values like Jinja2 does, i.e. with Python's `str()`: `None`,
 /// `True`, `1e+16`, `['a', 'b']`, `{'k': 1}`.
 pub(crate) fn python_formatter(
@@ -18,7 +20,9 @@ pub(crate) fn python_formatter(
 ) -> Result<(), Error> {
     match value.kind() {
         ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Seq | ValueKind::Map => {
-            out.write_str(&python_str(value)).map_err(|err| {
+            let mut text = String::new();
+            write_repr(&mut text, value, 0)?;
+            out.write_str(&text).map_err(|err| {
                 Error::new(ErrorKind::WriteFailure, "cannot write output").with_source(err)
             })
         }
@@ -26,39 +30,79 @@ pub(crate) fn python_formatter(
     }
 }
 
-/// Python's `str(value)`.
+/// Python's `str(value)`; a value too large or too deep to print gives the reason instead.
 pub(crate) fn python_str(value: &Value) -> String {
     match value.as_str() {
         Some(text) => text.to_owned(),
-        None => python_repr(value),
+        None => {
+            let mut text = String::new();
+            match write_repr(&mut text, value, 0) {
+                Ok(()) => text,
+                Err(error) => error.to_string(),
+            }
+        }
     }
 }
 
-/// Python's `repr(value)` for the JSON-like values templates handle.
-fn python_repr(value: &Value) -> String {
+/// A printed or serialised value may be at most this deep: deeper, Python raises
+/// `RecursionError`, and a Rust recursion that deep would overflow the stack.
+const MAX_DEPTH: usize = TEMPLATE_RECURSION_LIMIT;
+
+/// The error for a value nested deeper than [`MAX_DEPTH`] or printed longer than
+/// [`MAX_RENDERED_BYTES`].
+fn too_large(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!(
+            "{what} is over the limits of a chat template's values \
+             ({MAX_DEPTH} levels, {MAX_RENDERED_BYTES} bytes)"
+        ),
+    )
+}
+
+/// Python's `repr(value)` for the JSON-like values templates handle, at nesting `depth`,
+/// appended to `out`.
+fn write_repr(out: &mut String, value: &Value, depth: usize) -> Result<(), Error> {
+    if depth > MAX_DEPTH || out.len() > MAX_RENDERED_BYTES {
+        return Err(too_large("the printed value"));
+    }
     match value.kind() {
-        ValueKind::Undefined => String::new(),
-        ValueKind::None => "None".to_owned(),
-        ValueKind::Bool => if value.is_true() { "True" } else { "False" }.to_owned(),
-        ValueKind::Number => python_number(value, FloatStyle::Repr),
-        ValueKind::String => python_string_repr(value.as_str().unwrap_or_default()),
+        ValueKind::Undefined => {}
+        ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::Number => out.push_str(&python_number(value, FloatStyle::Repr)),
+        ValueKind::String => out.push_str(&python_string_repr(value.as_str().unwrap_or_default())),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<String> = value
-                .try_iter()
-                .map(|iter| iter.map(|item| python_repr(&item)).collect())
-                .unwrap_or_default();
-            format!("[{}]", items.join(", "))
+            out.push('[');
+            if let Ok(items) = value.try_iter() {
+                for (index, item) in items.enumerate() {
+                    if index > 0 {
+                        out.push_str(", ");
+                    }
+                    write_repr(out, &item, depth + 1)?;
+                }
+            }
+            out.push(']');
         }
         ValueKind::Map => {
-            let items: Vec<String> = map_entries(value)
+            out.push('{');
+            for (index, (key, item)) in map_entries(value)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(key, item)| format!("{}: {}", python_repr(&key), python_repr(&item)))
-                .collect();
-            format!("{{{}}}", items.join(", "))
+                .enumerate()
+            {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                write_repr(out, &key, depth + 1)?;
+                out.push_str(": ");
+                write_repr(out, &item, depth + 1)?;
+            }
+            out.push('}');
         }
-        _ => value.to_string(),
+        _ => out.push_str(&value.to_string()),
     }
+    Ok(())
 }
 
 /// Python's `repr(text)`: single quotes unless the text contains a single
@@ -253,8 +297,18 @@ impl JsonOptions {
 }
 
 /// `json.dumps`' `indent`: a number of spaces or the indentation string.
+/// At most [`MAX_INDENT`] wide: `json.dumps` takes any width, but a huge one is an attack.
 fn json_indent(value: &Value) -> Result<String, Error> {
+    let over = |width: usize| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson indent of {width} characters is over the limit of {MAX_INDENT}"),
+        )
+    };
     if let Some(text) = value.as_str() {
+        if text.chars().count() > MAX_INDENT {
+            return Err(over(text.chars().count()));
+        }
         return Ok(text.to_owned());
     }
     let spaces = i64::try_from(value.clone()).map_err(|_| {
@@ -263,7 +317,11 @@ fn json_indent(value: &Value) -> Result<String, Error> {
             "tojson indent must be an integer or a string",
         )
     })?;
-    Ok(" ".repeat(usize::try_from(spaces).unwrap_or(0)))
+    let spaces = usize::try_from(spaces).unwrap_or(0);
+    if spaces > MAX_INDENT {
+        return Err(over(spaces));
+    }
+    Ok(" ".repeat(spaces))
 }
 
 /// transformers' `tojson` filter: `json.dumps(x, ensure_ascii=False)`, which
@@ -288,6 +346,9 @@ fn write_json(
     options: &JsonOptions,
     depth: usize,
 ) -> Result<(), Error> {
+    if depth > MAX_DEPTH || out.len() > MAX_RENDERED_BYTES {
+        return Err(too_large("the value given to tojson"));
+    }
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -357,6 +418,9 @@ fn write_json_container(
             out.push_str(&indent.repeat(depth + 1));
         }
         write_item(out, index)?;
+        if out.len() > MAX_RENDERED_BYTES {
+            return Err(too_large("the value given to tojson"));
+        }
     }
     if let Some(indent) = &options.indent {
         out.push('\n');

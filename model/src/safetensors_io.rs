@@ -549,7 +549,11 @@ pub fn write_atomically_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // Unique within the process too: two threads writing the same path (two deliveries of one
+    // task) must not share a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
     let result = (|| {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         write(&mut out)?;
@@ -751,5 +755,26 @@ mod tests {
         std::fs::remove_file(dir.path().join("model-00002-of-00003.safetensors")).unwrap();
         let err = WeightFiles::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("model-00002-of-00003.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_atomic_writes_of_one_path_each_land_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1-0.json");
+        let patterns: Vec<Vec<u8>> = (0..8u8).map(|t| vec![b'a' + t; 64 << 10]).collect();
+        std::thread::scope(|scope| {
+            for pattern in &patterns {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomically(path, pattern).unwrap();
+                    }
+                });
+            }
+        });
+        let last = std::fs::read(&path).unwrap();
+        assert!(patterns.contains(&last), "a torn file");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "temporary files left behind");
     }
 }

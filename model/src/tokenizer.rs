@@ -102,6 +102,10 @@ pub enum TokenizerError {
     /// The chat template failed while rendering.
     #[error("chat template render error: {0}")]
     TemplateRender(minijinja::Error),
+    /// The chat template stopped at one of the limits that bound an untrusted template
+    /// (instructions, nesting, output size, indentation).
+    #[error("chat template stopped at a limit: {0}")]
+    TemplateLimit(String),
     /// The chat template called `raise_exception(message)`, usually because
     /// the conversation has a shape the model does not support.
     #[error("chat template raised an exception: {0}")]

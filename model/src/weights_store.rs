@@ -299,7 +299,9 @@ impl WeightsStore {
         transfer: &Transfer,
     ) -> Result<Fetch> {
         let target = dest.join(&file.name);
-        if let Ok(meta) = std::fs::metadata(&target)
+        // Not through a symlink: a link in the cache (to a file outside it) is never taken for
+        // the file; it is downloaded, and the rename replaces the link, not what it points to.
+        if let Ok(meta) = std::fs::symlink_metadata(&target)
             && meta.is_file()
             && meta.len() == file.size
         {
@@ -624,5 +626,70 @@ mod tests {
             err.contains(&location) && err.contains("no manifest.json"),
             "{err}"
         );
+    }
+
+    /// A published version whose manifest a stranger wrote: names that leave the cache are
+    /// refused before anything is written, and a symlink in the cache is never read through.
+    #[test]
+    fn a_hostile_manifest_or_a_symlink_cannot_reach_outside_the_cache() {
+        let root = tempfile::tempdir().unwrap();
+        let published = root.path().join("published");
+        let cache = root.path().join("cache");
+        std::fs::create_dir_all(&published).unwrap();
+        std::fs::write(published.join("a.bin"), b"weights").unwrap();
+        let sha = hash_file(&published.join("a.bin")).unwrap();
+        for name in [
+            "../escape",
+            "../../escape",
+            "/tmp/grlo-abs-escape",
+            "sub/../../x",
+        ] {
+            let manifest = format!(
+                r#"{{"version": 1, "files": [{{"name": {name:?}, "size": 7, "sha256": "{sha}"}}]}}"#
+            );
+            std::fs::write(published.join(MANIFEST), manifest).unwrap();
+            let dest = cache.join("job-1/v1");
+            let error = fetch_verified_blocking(published.to_str().unwrap(), &dest).unwrap_err();
+            assert!(
+                error.to_string().contains("not a plain file name"),
+                "{name}: {error}"
+            );
+            assert!(!root.path().join("escape").exists());
+            assert!(!cache.join("escape").exists());
+            assert!(!cache.join("job-1/escape").exists());
+            assert!(!std::path::Path::new("/tmp/grlo-abs-escape").exists());
+        }
+
+        // An honest manifest, with the cache holding a link of the same name to a file outside
+        // it with the same bytes: the link is replaced by a verified download, the outside file
+        // is left alone.
+        let staged = root.path().join("staged");
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::write(staged.join("a.bin"), b"weights").unwrap();
+        let version = root.path().join("v1");
+        let store = WeightsStore::open(version.to_str().unwrap()).unwrap();
+        block_on_test(store.publish(&staged, 1)).unwrap();
+        let outside = root.path().join("outside.bin");
+        std::fs::write(&outside, b"weights").unwrap();
+        let dest = cache.join("job-2/v1");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("a.bin")).unwrap();
+        let fetched = block_on_test(store.fetch(&dest)).unwrap();
+        assert_eq!(
+            fetched.downloaded,
+            ["a.bin"],
+            "the link was taken for the file"
+        );
+        let link = std::fs::symlink_metadata(dest.join("a.bin")).unwrap();
+        assert!(link.is_file(), "the link is replaced by the file");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"weights");
+    }
+
+    fn block_on_test<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -435,6 +436,34 @@ impl Interceptor for Credentials {
 pub struct ClientSecurity {
     tls: Option<ClientTlsConfig>,
     credentials: Credentials,
+    timeouts: Timeouts,
+}
+
+/// How long a call waits on a peer, so that no role hangs forever on one that went silent
+/// (stopped, partitioned, its host gone without a TCP reset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting, TLS handshake included.
+    pub connect: Duration,
+    /// An HTTP/2 ping every this often on each connection, busy or idle...
+    pub keepalive_interval: Duration,
+    /// ...and the connection (with every call on it) fails when a ping is not answered in this.
+    pub keepalive_timeout: Duration,
+    /// A call's answer (a streaming call's first message) must come within this. A peer that
+    /// answers pings but not the call (a handler stuck) is given up on after it. The longest
+    /// legitimate call is a large trajectory batch or a reward batch scored on a slow device.
+    pub call: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(20),
+            call: Duration::from_secs(600),
+        }
+    }
 }
 
 impl ClientSecurity {
@@ -452,7 +481,19 @@ impl ClientSecurity {
         Ok(ClientSecurity {
             tls: tls.client()?,
             credentials: Credentials { header },
+            timeouts: Timeouts::default(),
         })
+    }
+
+    /// The same settings with other timeouts (tests shorten them).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The timeouts of every call made through it.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// The `authorization` value it sends (`Bearer <token>`), for HTTP peers; `None` without
@@ -480,7 +521,13 @@ impl ClientSecurity {
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, SecurityError> {
         let url = self.url(url);
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| SecurityError::Invalid(format!("invalid URL {url}: {e}")))?;
+            .map_err(|e| SecurityError::Invalid(format!("invalid URL {url}: {e}")))?
+            .connect_timeout(self.timeouts.connect)
+            .timeout(self.timeouts.call)
+            .http2_keep_alive_interval(self.timeouts.keepalive_interval)
+            .keep_alive_timeout(self.timeouts.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(self.timeouts.keepalive_interval));
         match (&self.tls, url.starts_with("https://")) {
             (Some(tls), true) => endpoint
                 .tls_config(tls.clone())
@@ -568,5 +615,108 @@ mod tests {
         let secret = Secret::new("s3cret\n", "x").unwrap();
         assert_eq!(format!("{secret:?}"), "Secret(..)");
         assert!(Access::new(Some(secret.clone()), Some(secret)).is_err());
+    }
+
+    /// A peer that accepts connections and then says nothing (a stopped process, a partition
+    /// that drops packets): a call fails once a keepalive ping goes unanswered, instead of
+    /// waiting forever as it did without timeouts.
+    #[tokio::test]
+    async fn a_call_to_a_silent_peer_fails_instead_of_hanging() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                sockets.push(socket); // kept open, never read or written
+            }
+        });
+        let short = Timeouts {
+            connect: Duration::from_millis(500),
+            keepalive_interval: Duration::from_millis(200),
+            keepalive_timeout: Duration::from_millis(300),
+            call: Duration::from_secs(30),
+        };
+        let client = ClientSecurity::new(&TlsFiles::default(), None)
+            .unwrap()
+            .with_timeouts(short);
+        let channel = client.lazy(&address.to_string()).unwrap();
+        let started = std::time::Instant::now();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let call = health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        // The outer bound only keeps a regression from hanging the test run.
+        let answer = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("the call gave up by itself");
+        let status = answer.expect_err("a silent peer cannot answer");
+        let waited = started.elapsed();
+        assert!(waited < short.call, "gave up after {waited:?}: {status:?}");
+        held.abort();
+
+        // A handler that never answers but whose connection is alive: the call timeout.
+        let calls = Timeouts {
+            call: Duration::from_millis(300),
+            ..Timeouts::default()
+        };
+        assert_eq!(
+            ClientSecurity::default().timeouts(),
+            Timeouts::default(),
+            "every client has the timeouts"
+        );
+        let (stuck, address) = stuck_server().await;
+        let client = ClientSecurity::new(&TlsFiles::default(), None)
+            .unwrap()
+            .with_timeouts(calls);
+        let channel = client.lazy(&address.to_string()).unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let call = health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("the call gave up by itself");
+        let status = answer.expect_err("a stuck handler cannot answer");
+        assert!(status.message().contains("Timeout"), "{status:?}");
+        stuck.abort();
+    }
+
+    /// A gRPC server whose health handler never returns.
+    async fn stuck_server() -> (tokio::task::JoinHandle<()>, std::net::SocketAddr) {
+        struct Stuck;
+        #[tonic::async_trait]
+        impl tonic_health::pb::health_server::Health for Stuck {
+            async fn check(
+                &self,
+                _: Request<tonic_health::pb::HealthCheckRequest>,
+            ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, Status>
+            {
+                std::future::pending().await
+            }
+            type WatchStream = Pin<
+                Box<
+                    dyn tonic::codegen::tokio_stream::Stream<
+                            Item = Result<tonic_health::pb::HealthCheckResponse, Status>,
+                        > + Send,
+                >,
+            >;
+            async fn watch(
+                &self,
+                _: Request<tonic_health::pb::HealthCheckRequest>,
+            ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+                std::future::pending().await
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(tonic_health::pb::health_server::HealthServer::new(Stuck))
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        (server, address)
     }
 }

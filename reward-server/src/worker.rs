@@ -96,6 +96,7 @@ pub async fn run_for_coordinator<B: ModelBackend>(
                     activity: activity as i32,
                     weight_version: 0,
                     job_id: String::new(),
+                    ..Default::default()
                 })
                 .await;
             match beat {

@@ -97,6 +97,8 @@ pub(crate) fn load_policy(
     task: &v1::RolloutTask,
 ) -> anyhow::Result<LoadedPolicy> {
     let started = Instant::now();
+    // The job id names a directory of the cache whose other entries are deleted below.
+    grlo_proto::check_plain_id("job_id", &task.job_id).map_err(anyhow::Error::msg)?;
     let dir = config
         .cache_dir
         .join(&task.job_id)
@@ -183,4 +185,49 @@ pub(crate) fn load_policy(
         tokenizer,
         generator,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job id is a directory of the cache whose siblings are deleted after a load: `..` would
+    /// have deleted everything beside the cache.
+    #[test]
+    fn a_job_id_that_is_a_path_is_refused_before_the_cache_is_touched() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("cache")).unwrap();
+        std::fs::create_dir_all(root.path().join("beside-the-cache")).unwrap();
+        let config = ActorConfig {
+            coordinator: "http://127.0.0.1:1".into(),
+            cache_dir: root.path().join("cache"),
+            device: "cpu".into(),
+            accelerators: Vec::new(),
+            name: "a1".into(),
+            client: grlo_proto::security::ClientSecurity::default(),
+            metrics: crate::telemetry::ActorMetrics::default(),
+        };
+        for job_id in ["..", "../beside-the-cache", "/tmp", ""] {
+            let task = v1::RolloutTask {
+                job_id: job_id.into(),
+                weight_version: 1,
+                weights_location: root.path().join("weights").display().to_string(),
+                ..Default::default()
+            };
+            let Err(error) = load_policy(&config, &task) else {
+                panic!("{job_id:?} was loaded");
+            };
+            assert!(
+                error.to_string().contains("is not an id"),
+                "{job_id:?}: {error}"
+            );
+        }
+        assert!(root.path().join("beside-the-cache").is_dir());
+        assert_eq!(
+            std::fs::read_dir(root.path().join("cache"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
 }
