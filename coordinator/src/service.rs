@@ -238,6 +238,22 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(job_message(&job)))
     }
 
+    async fn update_job(
+        &self,
+        request: Request<v1::UpdateJobRequest>,
+    ) -> Result<Response<v1::UpdateJobResponse>, Status> {
+        let request = request.into_inner();
+        let (job, changed) = status(
+            self.state
+                .call(move |s| s.update_job(&request.job_id, &request.overrides, now_ms()))
+                .await,
+        )?;
+        Ok(Response::new(v1::UpdateJobResponse {
+            job: Some(job_message(&job)),
+            changed,
+        }))
+    }
+
     type WatchJobStream = EventStream;
 
     async fn watch_job(

@@ -219,6 +219,80 @@ impl State {
         Ok(job)
     }
 
+    /// [`Self::update_job_spec`] with `section.key=value` overrides of the job's spec. (Specs
+    /// are stored with their paths resolved: they are read here with an empty base, which
+    /// leaves every path as it is.)
+    pub fn update_job(
+        &mut self,
+        id: &str,
+        overrides: &[String],
+        now: i64,
+    ) -> Outcome<(JobRecord, Vec<String>)> {
+        let job = self.job(id)?;
+        let spec = TrainConfig::from_toml(&job.spec_toml, "the job's spec", Path::new(""))
+            .map_err(|e| (Failure::Internal, e.to_string()))?
+            .with_overrides(overrides, "the job's spec")
+            .map_err(|e| (Failure::InvalidArgument, e.to_string()))?;
+        let spec_toml = toml::to_string_pretty(&spec).map_err(internal)?;
+        let changed = self.update_job_spec(id, &spec_toml, now)?;
+        self.schedule(now);
+        Ok((self.job(id)?, changed))
+    }
+
+    /// Gives a job a new spec between runs (`grlo train --resume RUN_DIR --set ...`): only the
+    /// keys [`TrainConfig::changes_on_resume`] allows may differ from its spec. A job that
+    /// succeeded or ran out of budget is queued again, to go on from its last checkpoint with
+    /// the new total steps or budget; a running one is queued again too, its workers let go,
+    /// so that its learner starts with the new spec. Failed and cancelled jobs stay ended, and
+    /// a paused one is refused (resume it first).
+    /// Returns the changed keys.
+    pub fn update_job_spec(&mut self, id: &str, spec_toml: &str, now: i64) -> Outcome<Vec<String>> {
+        let job = self.job(id)?;
+        match job.status {
+            JobStatus::Failed | JobStatus::Cancelled => {
+                return refuse(
+                    Failure::FailedPrecondition,
+                    format!(
+                        "job {id} is {}: it cannot be resumed; submit it again",
+                        job.status.name()
+                    ),
+                );
+            }
+            JobStatus::Paused => {
+                return refuse(
+                    Failure::FailedPrecondition,
+                    format!("job {id} is paused: resume it first"),
+                );
+            }
+            _ => {}
+        }
+        let old = TrainConfig::from_toml(&job.spec_toml, "the job's spec", Path::new(""))
+            .map_err(|e| (Failure::Internal, e.to_string()))?;
+        let new = TrainConfig::from_toml(spec_toml, "the new spec", Path::new(""))
+            .map_err(|e| (Failure::InvalidArgument, e.to_string()))?;
+        let changed = old
+            .changes_on_resume(&new)
+            .map_err(|e| (Failure::InvalidArgument, e.to_string()))?;
+        if changed.is_empty() {
+            return Ok(changed);
+        }
+        let spec_toml = toml::to_string_pretty(&new).map_err(internal)?;
+        self.data.remove(id);
+        if job.status == JobStatus::Running {
+            self.release_workers(id, false)?;
+        }
+        let job = self.jobs.get_mut(id).expect("known");
+        job.spec_toml = spec_toml;
+        if !new.job.name.is_empty() {
+            job.name = new.job.name.clone();
+        }
+        job.status = JobStatus::Queued;
+        job.stop_requested = false;
+        job.message = format!("resumed with {}", changed.join(", "));
+        self.save_job(id, now, None)?;
+        Ok(changed)
+    }
+
     pub fn job(&self, id: &str) -> Outcome<JobRecord> {
         self.jobs.get(id).cloned().ok_or_else(|| {
             (
@@ -683,7 +757,11 @@ impl State {
             total = total.min(cap as u64);
         }
         let job = self.jobs.get_mut(job_id).expect("known");
-        job.cursor = Some(cursor);
+        // A job started before (then given a longer run by `update_job_spec`) goes on where its
+        // dataset cursor is: the same prompts, in the same order, as one uninterrupted run.
+        if job.cursor.is_none() {
+            job.cursor = Some(cursor);
+        }
         job.total_steps = total;
         job.status = JobStatus::Running;
         self.save_job(job_id, now, None)?;

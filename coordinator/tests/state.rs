@@ -329,6 +329,84 @@ fn a_failure_reported_by_the_jobs_learner_fails_the_job() {
     assert_eq!(state.job(&job).unwrap().status, JobStatus::Failed);
 }
 
+/// The prompts (ids and seeds) of every task of `step`, leased by `actor`.
+fn step_prompts(state: &mut State, actor: &str, step: u64, now: i64) -> Vec<(u64, u64)> {
+    let mut prompts = Vec::new();
+    while let Some(task) = state.lease_task(actor, now).unwrap() {
+        assert_eq!(task.step, step, "{}", task.task_id);
+        prompts.extend(task.prompts.iter().map(|p| (p.prompt_id, p.seed)));
+    }
+    prompts.sort_unstable();
+    prompts
+}
+
+#[test]
+fn a_finished_job_given_more_steps_goes_on_where_its_dataset_cursor_is() {
+    // The same job run to 4 steps at once: the prompts of its step 3.
+    let straight = tempfile::tempdir().unwrap();
+    let expected = {
+        let Cluster {
+            mut state,
+            job,
+            learner,
+            actor,
+        } = cluster(straight.path(), &["trainer.total_steps=4"]);
+        publish(&mut state, &learner, &job, 0, 0);
+        for step in 1..=2 {
+            step_prompts(&mut state, &actor, step, step as i64);
+            publish_step(&mut state, &learner, &job, step, step as i64);
+        }
+        step_prompts(&mut state, &actor, 3, 3)
+    };
+    assert!(!expected.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let Cluster {
+        mut state,
+        job,
+        learner,
+        actor,
+    } = cluster(dir.path(), &["trainer.total_steps=2"]);
+    publish(&mut state, &learner, &job, 0, 0);
+    for step in 1..=2 {
+        step_prompts(&mut state, &actor, step, step as i64);
+        publish_step(&mut state, &learner, &job, step, step as i64);
+    }
+    assert_eq!(state.job(&job).unwrap().status, JobStatus::Succeeded);
+
+    // A key that cannot change between runs is refused, named; the job stays as it was.
+    let (_, message) = state
+        .update_job_spec(
+            &job,
+            &tiny_spec(&["trainer.total_steps=4", "rollout.n=4"]),
+            10,
+        )
+        .unwrap_err();
+    assert!(message.contains("cannot change rollout.n"), "{message}");
+    assert_eq!(state.job(&job).unwrap().status, JobStatus::Succeeded);
+
+    // Two more steps: queued, then running again with its roles, from version 2.
+    let changed = state
+        .update_job_spec(&job, &tiny_spec(&["trainer.total_steps=4"]), 20)
+        .unwrap();
+    assert_eq!(changed, ["trainer.total_steps: 2 -> 4"]);
+    assert_eq!(state.job(&job).unwrap().status, JobStatus::Queued);
+    heartbeat(&mut state, &learner, v1::Activity::Idle, 30);
+    let record = state.job(&job).unwrap();
+    assert_eq!(record.status, JobStatus::Running, "{}", record.message);
+    assert_eq!(record.total_steps, 4);
+    // The learner announces the version it has (2); step 3's tasks are those of one run.
+    publish(&mut state, &learner, &job, 2, 40);
+    assert_eq!(step_prompts(&mut state, &actor, 3, 50), expected);
+
+    // A cancelled job stays ended.
+    state.cancel_job(&job, 60).unwrap();
+    let (_, message) = state
+        .update_job_spec(&job, &tiny_spec(&["trainer.total_steps=6"]), 70)
+        .unwrap_err();
+    assert!(message.contains("cannot be resumed"), "{message}");
+}
+
 fn publish_step(state: &mut State, learner: &str, job: &str, step: u64, now: i64) {
     let request = v1::PublishWeightsRequest {
         worker_id: learner.into(),

@@ -626,6 +626,52 @@ impl TrainConfig {
         Ok(config)
     }
 
+    /// The settings `other` changes from this configuration, when a run continues with it
+    /// (`grlo train --resume RUN_DIR --set ...`): the keys whose values differ, each as
+    /// `key: old -> new`. Only [`RESUMABLE`] keys may change, as the rest would make the
+    /// checkpoint, the dataset order or the trained steps mean something else; any other
+    /// change is an error naming every such key.
+    pub fn changes_on_resume(&self, other: &TrainConfig) -> Result<Vec<String>, ConfigError> {
+        let flat = |config: &TrainConfig| {
+            let mut out = std::collections::BTreeMap::new();
+            if let Ok(table) = toml::Table::try_from(config) {
+                flatten("", &toml::Value::Table(table), &mut out);
+            }
+            out
+        };
+        let (before, after) = (flat(self), flat(other));
+        let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        let mut changed = Vec::new();
+        let mut refused = Vec::new();
+        for key in keys {
+            let (old, new) = (before.get(key), after.get(key));
+            if old == new {
+                continue;
+            }
+            let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            let line = format!("{key}: {} -> {}", shown(old), shown(new));
+            if RESUMABLE
+                .iter()
+                .any(|k| key == k || key.starts_with(&format!("{k}.")))
+            {
+                changed.push(line);
+            } else {
+                refused.push(line);
+            }
+        }
+        if refused.is_empty() {
+            return Ok(changed);
+        }
+        Err(ConfigError::Invalid {
+            source_name: "--set".into(),
+            problems: vec![format!(
+                "a resumed run cannot change {} (only {} can change between runs)",
+                refused.join(", "),
+                RESUMABLE.join(", ")
+            )],
+        })
+    }
+
     /// Applies `section.key=value` overrides (TOML values), as given on the command line.
     pub fn with_overrides(
         self,
@@ -1023,6 +1069,54 @@ impl TrainConfig {
     }
 }
 
+/// The settings a resumed run may change (a key, or a section whose keys all may): how long it
+/// runs, how often it saves and validates, where it logs, the learning rates and their
+/// schedules, and the job's name and budgets. Everything else (models, data, batch shapes,
+/// seeds, losses) would make the checkpoint and the trained steps mean something else.
+pub const RESUMABLE: &[&str] = &[
+    "trainer.total_steps",
+    "trainer.total_epochs",
+    "trainer.save_every",
+    "trainer.max_checkpoints_to_keep",
+    "trainer.test_freq",
+    "trainer.best_metric",
+    "trainer.logger",
+    "trainer.mlflow_uri",
+    "trainer.project_name",
+    "trainer.experiment_name",
+    "actor.optim.lr",
+    "actor.optim.schedule",
+    "critic.optim.lr",
+    "critic.optim.schedule",
+    "job.name",
+    "job.gpu_hours",
+    "job.cpu_hours",
+    "job.price_per_gpu_hour",
+];
+
+/// Every leaf of a TOML value as `a.b.c` → its TOML text (arrays whole).
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_string(), leaf.to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1033,6 +1127,42 @@ mod tests {
         [data]
         train_files = ["prompts.jsonl"]
     "#;
+
+    #[test]
+    fn a_resumed_run_may_change_only_the_resumable_keys() {
+        let base = TrainConfig::from_toml(MINIMAL, "test", Path::new("/base")).unwrap();
+        let set = |items: &[&str]| {
+            let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+            base.clone().with_overrides(&items, "test").unwrap()
+        };
+        assert_eq!(
+            base.changes_on_resume(&base.clone()).unwrap(),
+            Vec::<String>::new()
+        );
+        let longer = set(&[
+            "trainer.total_steps=8",
+            "trainer.save_every=2",
+            "actor.optim.schedule.warmup_steps=3",
+        ]);
+        assert_eq!(
+            base.changes_on_resume(&longer).unwrap(),
+            [
+                "actor.optim.schedule.warmup_steps: (unset) -> 3",
+                "trainer.save_every: 0 -> 2",
+                "trainer.total_steps: (unset) -> 8",
+            ]
+        );
+        let other = set(&["rollout.n=4", "trainer.seed=7", "trainer.total_steps=8"]);
+        let message = base.changes_on_resume(&other).unwrap_err().to_string();
+        assert!(
+            message.contains("cannot change rollout.n: 1 -> 4, trainer.seed: 42 -> 7 (only"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("cannot change trainer.total_steps"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn a_minimal_config_takes_the_papers_defaults() {

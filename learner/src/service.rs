@@ -266,8 +266,10 @@ async fn coordinate(
     let mut client = CoordinatorClient::new(config.client.lazy(&config.coordinator)?);
     let mut worker_id = String::new();
     let mut interval = Duration::from_millis(1000);
-    let mut training: Option<(String, std::thread::JoinHandle<()>)> = None;
-    let mut finished_jobs: Vec<String> = Vec::new();
+    // The job being trained, by (id, spec), and the jobs done with: a job given a new spec
+    // (`UpdateJob`, more steps) is a new run of it, trained again.
+    let mut training: Option<((String, String), std::thread::JoinHandle<()>)> = None;
+    let mut finished_jobs: Vec<(String, String)> = Vec::new();
     loop {
         if let Some((job, thread)) = training.take_if(|(_, t)| t.is_finished()) {
             let _ = thread.join();
@@ -340,7 +342,9 @@ async fn coordinate(
                 if let Some(assignment) = response.assignment
                     && training.is_none()
                     && !response.stop
-                    && !finished_jobs.contains(&assignment.job_id)
+                    && !finished_jobs
+                        .iter()
+                        .any(|(id, spec)| id == &assignment.job_id && spec == &assignment.spec_toml)
                 {
                     let started =
                         start_training(&config, &assignment, worker_id.clone(), shared.clone());
@@ -349,7 +353,8 @@ async fn coordinate(
                         Err(e) => {
                             let reason = format!("cannot start training: {e:#}");
                             tracing::error!(job = %assignment.job_id, %reason);
-                            finished_jobs.push(assignment.job_id.clone());
+                            finished_jobs
+                                .push((assignment.job_id.clone(), assignment.spec_toml.clone()));
                             *shared.failure.lock().expect("not poisoned") =
                                 Some((assignment.job_id, reason));
                             sleep_or_cancel(interval, &shutdown).await;
@@ -359,7 +364,10 @@ async fn coordinate(
                             continue;
                         }
                     };
-                    training = Some((assignment.job_id.clone(), thread));
+                    training = Some((
+                        (assignment.job_id.clone(), assignment.spec_toml.clone()),
+                        thread,
+                    ));
                     // Charge every GPU the job's models occupy (policy, critic, reference).
                     let needed =
                         crate::placement::accelerators_for(&config.accelerators, &job_config);

@@ -69,6 +69,15 @@ pub enum JobCommand {
     Resume {
         id: String,
     },
+    /// Change a job's settings between runs (total steps and epochs, save interval, validation,
+    /// logging, learning rates and schedules, name and budgets): a job that succeeded or ran
+    /// out of budget goes on from its last checkpoint.
+    Update {
+        id: String,
+        /// A setting: `--set trainer.total_steps=80` (repeatable; TOML values).
+        #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
+        overrides: Vec<String>,
+    },
     /// Draw the job's charts (reward, response length, KL, throughput, budget) into a PNG.
     Plot {
         id: String,
@@ -276,6 +285,28 @@ async fn job(
             .await
             .map_err(explain)?
             .into_inner()),
+        JobCommand::Update { id, overrides } => {
+            let answer = client
+                .update_job(v1::UpdateJobRequest {
+                    job_id: id,
+                    overrides,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let job = answer.job.unwrap_or_default();
+            if json_out {
+                let mut out = job_json(&job);
+                out["changed"] = serde_json::json!(answer.changed);
+                Ok(serde_json::to_string_pretty(&out)?)
+            } else {
+                let changed = match answer.changed.is_empty() {
+                    true => "nothing changed".to_string(),
+                    false => answer.changed.join(", "),
+                };
+                Ok(format!("{}\n{changed}", job_line(&job)))
+            }
+        }
         JobCommand::Plot { id, out } => {
             crate::cli::plot::run(client, &id, &out, json_out, explain).await
         }

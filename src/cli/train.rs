@@ -59,7 +59,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<String> {
             false,
         ),
     };
+    let stored = config.clone();
     let config = config.with_overrides(&args.overrides, "the configuration")?;
+    // A resumed run takes the settings that may change between runs, and refuses the others.
+    let changed = if resume {
+        stored.changes_on_resume(&config)?
+    } else {
+        Vec::new()
+    };
     grlo_learner::validation::check_benchmark_data(&config)?;
     if config
         .trainer
@@ -89,6 +96,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<String> {
             run_dir.display()
         );
     }
+    if !changed.is_empty() {
+        update_stored_job(&database, &config)?;
+        eprintln!("grlo train: resuming with {}", changed.join(", "));
+    }
     let http_listen = args.http_listen;
     if let Some(address) = http_listen {
         eprintln!("grlo train: the dashboard is at http://{address}/");
@@ -102,6 +113,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<String> {
         },
     )?;
     Ok(serde_json::to_string_pretty(&summary)?)
+}
+
+/// Gives the run's job (the last in its coordinator database) the resumed run's settings, before
+/// any role starts: a finished job is queued again, to go on from its last checkpoint.
+fn update_stored_job(database: &Path, config: &TrainConfig) -> anyhow::Result<()> {
+    let mut state = grlo_coordinator::State::open(database, Default::default())
+        .with_context(|| format!("the run's coordinator state {}", database.display()))?;
+    let job = state
+        .jobs()
+        .last()
+        .map(|job| job.id.clone())
+        .context("the run's coordinator database holds no job")?;
+    let spec = toml::to_string(config)?;
+    state
+        .update_job_spec(&job, &spec, grlo_coordinator::service::now_ms())
+        .map_err(|(_, message)| anyhow::anyhow!("cannot resume job {job}: {message}"))?;
+    Ok(())
 }
 
 /// Where the embedded config's relative paths point: the repository it was built from, or the
@@ -246,7 +274,7 @@ impl InProcess {
         summary(
             &job,
             &run_dir,
-            &self.config.trainer.best_metric,
+            &self.config,
             started.elapsed().as_secs_f64(),
         )
     }
@@ -329,9 +357,10 @@ async fn join(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
 fn summary(
     job: &v1::Job,
     run_dir: &Path,
-    best_metric: &str,
+    config: &TrainConfig,
     seconds: f64,
 ) -> anyhow::Result<Value> {
+    let best_metric = config.trainer.best_metric.as_str();
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
     let steps: Vec<Value> = metrics
         .lines()
@@ -341,9 +370,13 @@ fn summary(
         .iter()
         .filter_map(|m| m["reward_mean"].as_f64())
         .collect();
-    let checkpoint = std::fs::read_to_string(run_dir.join("checkpoints/latest"))
-        .ok()
-        .map(|name| name.trim().to_string());
+    // From the checkpoint store itself: under the run directory, or an object store.
+    let checkpoint = grlo_learner::checkpoint::CheckpointStore::open(
+        &grlo_learner::trainer::checkpoint_location(config),
+    )
+    .and_then(|store| store.latest())
+    .ok()
+    .flatten();
     let status = status_name(job.status);
     if status != "succeeded" {
         bail!(
