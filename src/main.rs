@@ -64,6 +64,9 @@ enum BenchCommand {
     Rollout(cli::bench_rollout::BenchRolloutArgs),
     /// Rollout throughput of the distributed service beside one process, and weight-sync time.
     Service(cli::bench_service::BenchServiceArgs),
+    /// One coordinator under many simulated workers: lease and heartbeat latency, leases/s, and
+    /// no task leased twice.
+    Coordinator(cli::bench_coordinator::BenchCoordinatorArgs),
     /// One PPO + GAE learner step at a model shape and sequence length: time, tokens/s, MFU and
     /// peak memory.
     TrainStep(cli::bench_step::BenchTrainStepArgs),
@@ -126,6 +129,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Service(args)) => {
             cli::bench_service::run(args).and_then(print_line)
+        }
+        Command::Bench(BenchCommand::Coordinator(args)) => {
+            cli::bench_coordinator::run(args).and_then(print_line)
         }
         Command::Train(args) => cli::train::run(args).and_then(print_line),
         Command::Plan(args) => cli::plan::run(args).and_then(print_line),

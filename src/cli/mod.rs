@@ -1,6 +1,7 @@
 //! The `grlo` command line: one subcommand per role or tool.
 
 pub mod bench;
+pub mod bench_coordinator;
 pub mod bench_long;
 pub mod bench_parity;
 pub mod bench_rollout;
