@@ -184,12 +184,8 @@ fn install_panic_hook() {
         return;
     }
     std::panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let message =
+            grlo_proto::panic_message(info.payload()).unwrap_or_else(|| "unknown panic".into());
         let location = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))

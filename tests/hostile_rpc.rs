@@ -6,18 +6,11 @@ mod cluster;
 
 use std::time::Duration;
 
-use cluster::{Cluster, exclusive};
+use cluster::{Cluster, exclusive, runtime};
 use grlo_proto::v1;
 use grlo_proto::v1::learner_client::LearnerClient;
 use tonic::Code;
 use tonic::transport::Channel;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A trajectory of `tokens` response tokens, valid in every field the RPC checks.
 fn trajectory(tokens: usize) -> v1::Trajectory {

@@ -7,7 +7,7 @@ mod cluster;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cluster::{Cluster, exclusive, grlo};
+use cluster::{Cluster, exclusive, grlo, runtime};
 use grlo_proto::security::{ClientSecurity, Secret, TlsFiles};
 use grlo_proto::v1;
 use grlo_proto::v1::coordinator_client::CoordinatorClient;
@@ -64,13 +64,6 @@ impl Pki {
         let token = token.map(|t| Secret::new(t, "the test's token").unwrap());
         ClientSecurity::new(&tls, token.as_ref()).unwrap()
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn coordinator(

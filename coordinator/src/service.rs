@@ -46,10 +46,7 @@ impl StateHandle {
                     let ran =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut state)));
                     if let Err(payload) = ran {
-                        let text = payload
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                        let text = grlo_proto::panic_message(&*payload)
                             .unwrap_or_else(|| "(no message)".into());
                         tracing::error!(panic = %text, "the coordinator's state thread panicked");
                         *message.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);

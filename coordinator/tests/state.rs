@@ -340,38 +340,42 @@ fn step_prompts(state: &mut State, actor: &str, step: u64, now: i64) -> Vec<(u64
     prompts
 }
 
+/// Trains steps 1..=`steps` of a started job: the actor leases every task of each step, then
+/// the learner publishes it (version 0 first).
+fn train_steps(cluster: &mut Cluster, steps: u64) {
+    let Cluster {
+        state,
+        job,
+        learner,
+        actor,
+    } = cluster;
+    publish(state, learner, job, 0, 0);
+    for step in 1..=steps {
+        step_prompts(state, actor, step, step as i64);
+        publish_step(state, learner, job, step, step as i64);
+    }
+}
+
 #[test]
 fn a_finished_job_given_more_steps_goes_on_where_its_dataset_cursor_is() {
     // The same job run to 4 steps at once: the prompts of its step 3.
     let straight = tempfile::tempdir().unwrap();
     let expected = {
-        let Cluster {
-            mut state,
-            job,
-            learner,
-            actor,
-        } = cluster(straight.path(), &["trainer.total_steps=4"]);
-        publish(&mut state, &learner, &job, 0, 0);
-        for step in 1..=2 {
-            step_prompts(&mut state, &actor, step, step as i64);
-            publish_step(&mut state, &learner, &job, step, step as i64);
-        }
-        step_prompts(&mut state, &actor, 3, 3)
+        let mut four = cluster(straight.path(), &["trainer.total_steps=4"]);
+        train_steps(&mut four, 2);
+        step_prompts(&mut four.state, &four.actor, 3, 3)
     };
     assert!(!expected.is_empty());
 
     let dir = tempfile::tempdir().unwrap();
+    let mut two = cluster(dir.path(), &["trainer.total_steps=2"]);
+    train_steps(&mut two, 2);
     let Cluster {
         mut state,
         job,
         learner,
         actor,
-    } = cluster(dir.path(), &["trainer.total_steps=2"]);
-    publish(&mut state, &learner, &job, 0, 0);
-    for step in 1..=2 {
-        step_prompts(&mut state, &actor, step, step as i64);
-        publish_step(&mut state, &learner, &job, step, step as i64);
-    }
+    } = two;
     assert_eq!(state.job(&job).unwrap().status, JobStatus::Succeeded);
 
     // A key that cannot change between runs is refused, named; the job stays as it was.

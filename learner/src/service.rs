@@ -465,7 +465,10 @@ fn start_training(
             let reason = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => format!("{e:#}"),
-                Err(panic) => format!("the training thread panicked: {}", panic_text(&*panic)),
+                Err(panic) => format!(
+                    "the training thread panicked: {}",
+                    grlo_proto::panic_message(&*panic).unwrap_or_else(|| "(no message)".into())
+                ),
             };
             tracing::error!(job = %job_id, error = %reason, "training stopped with an error");
             // Unless this process is only stopping (its job goes on with the next learner),
@@ -475,15 +478,6 @@ fn start_training(
             }
         })?;
     Ok((thread, train))
-}
-
-/// The message of a panic's payload (a `&str` or a `String`, as `panic!` makes them).
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// One job's training loop, on its own thread (tensor work never runs on the executor).

@@ -668,13 +668,13 @@ mod tests {
         std::fs::write(staged.join("a.bin"), b"weights").unwrap();
         let version = root.path().join("v1");
         let store = WeightsStore::open(version.to_str().unwrap()).unwrap();
-        block_on_test(store.publish(&staged, 1)).unwrap();
+        crate::store::block_on(store.publish(&staged, 1)).unwrap();
         let outside = root.path().join("outside.bin");
         std::fs::write(&outside, b"weights").unwrap();
         let dest = cache.join("job-2/v1");
         std::fs::create_dir_all(&dest).unwrap();
         std::os::unix::fs::symlink(&outside, dest.join("a.bin")).unwrap();
-        let fetched = block_on_test(store.fetch(&dest)).unwrap();
+        let fetched = crate::store::block_on(store.fetch(&dest)).unwrap();
         assert_eq!(
             fetched.downloaded,
             ["a.bin"],
@@ -683,13 +683,5 @@ mod tests {
         let link = std::fs::symlink_metadata(dest.join("a.bin")).unwrap();
         assert!(link.is_file(), "the link is replaced by the file");
         assert_eq!(std::fs::read(&outside).unwrap(), b"weights");
-    }
-
-    fn block_on_test<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(future)
     }
 }

@@ -14,6 +14,15 @@ pub use v1::*;
 /// 4 MiB is below one batch of the paper's job: 256 prompts × 3,072 tokens is about 5.5 MB).
 pub const MAX_TRAJECTORY_BATCH_BYTES: usize = 256 << 20;
 
+/// The message a panic carried: its payload as `panic!` makes it (a `&str` or a `String`), or
+/// `None` for any other payload. For the threads that catch a panic and report it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}
+
 /// Checks that an id from a peer (a job's, a task's) is a plain name, as the coordinator makes
 /// them: ids become file and directory names, so anything else (`../x`, `/etc`, a name of
 /// 10 MB) is refused before it reaches a path. `what` names the field in the message.

@@ -637,20 +637,8 @@ mod tests {
             keepalive_timeout: Duration::from_millis(300),
             call: Duration::from_secs(30),
         };
-        let client = ClientSecurity::new(&TlsFiles::default(), None)
-            .unwrap()
-            .with_timeouts(short);
-        let channel = client.lazy(&address.to_string()).unwrap();
         let started = std::time::Instant::now();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let call = health.check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        });
-        // The outer bound only keeps a regression from hanging the test run.
-        let answer = tokio::time::timeout(Duration::from_secs(20), call)
-            .await
-            .expect("the call gave up by itself");
-        let status = answer.expect_err("a silent peer cannot answer");
+        let status = health_check(short, address).await;
         let waited = started.elapsed();
         assert!(waited < short.call, "gave up after {waited:?}: {status:?}");
         held.abort();
@@ -666,20 +654,27 @@ mod tests {
             "every client has the timeouts"
         );
         let (stuck, address) = stuck_server().await;
+        let status = health_check(calls, address).await;
+        assert!(status.message().contains("Timeout"), "{status:?}");
+        stuck.abort();
+    }
+
+    /// A health check of `address` through a plaintext client with `timeouts`: the error it
+    /// gives up with (the peers these tests call cannot answer).
+    async fn health_check(timeouts: Timeouts, address: std::net::SocketAddr) -> Status {
         let client = ClientSecurity::new(&TlsFiles::default(), None)
             .unwrap()
-            .with_timeouts(calls);
+            .with_timeouts(timeouts);
         let channel = client.lazy(&address.to_string()).unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let call = health.check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
         });
-        let answer = tokio::time::timeout(Duration::from_secs(20), call)
+        // The outer bound only keeps a regression from hanging the test run.
+        tokio::time::timeout(Duration::from_secs(20), call)
             .await
-            .expect("the call gave up by itself");
-        let status = answer.expect_err("a stuck handler cannot answer");
-        assert!(status.message().contains("Timeout"), "{status:?}");
-        stuck.abort();
+            .expect("the call gave up by itself")
+            .expect_err("the peer cannot answer")
     }
 
     /// A gRPC server whose health handler never returns.

@@ -159,10 +159,7 @@ fn score<B: ModelBackend>(model: &RewardModel<B>, ids: &[Vec<u32>]) -> Result<Ve
     match catch_unwind(AssertUnwindSafe(|| model.score_ids(ids))) {
         Ok(Ok(scores)) => Ok(scores),
         Ok(Err(error)) => Err(error.to_string()),
-        Err(panic) => Err(panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
+        Err(panic) => Err(grlo_proto::panic_message(&*panic)
             .unwrap_or_else(|| "the reward model panicked".into())),
     }
 }

@@ -100,8 +100,7 @@ async fn bench(args: &BenchCoordinatorArgs) -> anyhow::Result<Value> {
         listener,
         stop.clone(),
     ));
-    let channel = connect(&url).await?;
-    let mut client = CoordinatorClient::new(channel.clone());
+    let mut client = crate::cli::train::connect(&url).await?;
 
     let job = client
         .submit_job(v1::SubmitJobRequest {
@@ -414,16 +413,4 @@ fn percentiles(seconds: &[f64]) -> Value {
     sorted.sort_by(f64::total_cmp);
     let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] * 1e3;
     json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0), "count": sorted.len() })
-}
-
-async fn connect(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(e) if Instant::now() > deadline => bail!("the coordinator did not come up: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
 }

@@ -335,7 +335,8 @@ async fn loopback() -> anyhow::Result<tokio::net::TcpListener> {
         .context("cannot listen on 127.0.0.1")
 }
 
-async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
+/// A client of the in-process coordinator at `url`, once it accepts connections (30 s at most).
+pub(crate) async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
